@@ -1,0 +1,18 @@
+"""minitspeft: token-selective parameter-efficient fine-tuning (TS-PEFT, arXiv 2511.16147) in NumPy.
+
+A minimal autograd engine, a tiny transformer, LoRA and the token gate that
+decides per token whether the update is applied. Start with
+``python -m minitspeft.demo`` and the README.
+"""
+
+from .backend import get_backend, manual_seed, set_backend, to_numpy
+from .ops import concat, stack, where
+from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
+    "concat", "stack", "where",
+    "set_backend", "get_backend", "to_numpy", "manual_seed",
+]

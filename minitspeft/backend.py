@@ -1,0 +1,126 @@
+"""The one place that chooses the array library: NumPy on the CPU, CuPy on a GPU.
+
+Every other module reaches array math through ``backend.xp`` (looked up at call
+time, so :func:`set_backend` takes effect everywhere at once). Random numbers
+for initialisation and data shuffling are drawn on the host with NumPy and then
+moved to the backend, so that a seed gives the same model on every backend.
+
+The environment variable ``MINITSPEFT_BACKEND`` (``"numpy"`` or ``"cupy"``)
+selects the backend at import time; the default is NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy
+
+xp = numpy
+_name = "numpy"
+_default_dtype = numpy.dtype(numpy.float32)
+_host_rng = numpy.random.default_rng(0)
+
+
+def set_backend(name: str) -> None:
+    """Select the array library used for all tensor data.
+
+    Args:
+        name: ``"numpy"`` or ``"cupy"``.
+
+    Raises:
+        ValueError: for any other name.
+        ImportError: if ``"cupy"`` is asked for and CuPy cannot be imported.
+
+    Tensors created before the switch keep their old arrays; create models
+    after choosing the backend.
+    """
+    global xp, _name
+    if name == "numpy":
+        xp, _name = numpy, "numpy"
+    elif name == "cupy":
+        try:
+            import cupy  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:  # pragma: no cover - depends on the machine
+            raise ImportError(
+                "set_backend('cupy'): CuPy is not installed; "
+                "install the 'gpu' extra (pip install -e '.[gpu]')"
+            ) from exc
+        xp, _name = cupy, "cupy"
+    else:
+        raise ValueError(f"set_backend: unknown backend {name!r}; expected 'numpy' or 'cupy'")
+
+
+def get_backend() -> str:
+    """Return the name of the active backend, ``"numpy"`` or ``"cupy"``."""
+    return _name
+
+
+def to_numpy(array) -> numpy.ndarray:
+    """Return ``array`` (a NumPy or CuPy array, or a scalar) as a NumPy array on the host."""
+    if hasattr(array, "get"):  # a CuPy array
+        return array.get()
+    return numpy.asarray(array)
+
+
+def asarray(data, dtype=None):
+    """Move host data (lists, NumPy arrays, scalars) to the active backend.
+
+    Args:
+        data: anything ``numpy.asarray`` accepts, or a backend array.
+        dtype: optional target dtype; ``None`` keeps the data's own dtype.
+    """
+    return xp.asarray(data, dtype=dtype)
+
+
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` in place, adding repeated indices up.
+
+    Plain ``target[index] += values`` keeps only one of several writes to the
+    same element; this is the unbuffered form both backends offer.
+    """
+    if _name == "cupy":  # pragma: no cover - needs a GPU
+        import cupyx  # noqa: PLC0415
+
+        cupyx.scatter_add(target, index, values)
+    else:
+        numpy.add.at(target, index, values)
+
+
+def get_default_dtype() -> numpy.dtype:
+    """Return the floating dtype new parameters and float data get (float32 unless changed)."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype) -> None:
+    """Set the default floating dtype; only float32 and float64 are accepted.
+
+    Raises:
+        ValueError: for any other dtype.
+    """
+    global _default_dtype
+    dt = numpy.dtype(dtype)
+    if dt not in (numpy.float32, numpy.float64):
+        raise ValueError(f"set_default_dtype: expected float32 or float64, got {dt}")
+    _default_dtype = dt
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the host generator used for parameter initialisation and dropout masks.
+
+    Raises:
+        ValueError: if ``seed`` is negative.
+    """
+    global _host_rng
+    if int(seed) < 0:
+        raise ValueError(f"manual_seed: seed must be >= 0, got {seed}")
+    _host_rng = numpy.random.default_rng(int(seed))
+
+
+def host_rng() -> numpy.random.Generator:
+    """Return the host NumPy generator seeded by :func:`manual_seed`."""
+    return _host_rng
+
+
+_env_backend = os.environ.get("MINITSPEFT_BACKEND")
+if _env_backend:
+    set_backend(_env_backend)

@@ -1,0 +1,192 @@
+"""``Module`` and ``Parameter``: the containers every layer is built from (after ``torch.nn``).
+
+A module finds its parameters and sub-modules by looking at its attributes
+in the order they were assigned, so ``named_parameters()`` and
+``state_dict()`` names follow the attribute names: ``blocks.0.attn.q_proj.weight``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .. import backend
+from ..tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A leaf Tensor that a module owns and an optimiser updates (``requires_grad=True`` by default).
+
+    Args:
+        data: array-like or Tensor; float data keeps its dtype.
+        requires_grad: whether the optimiser should train it.
+        lower_bound: optional float; optimisers project the parameter onto
+            ``>= lower_bound`` after every step (used for the gate threshold ``tau``).
+    """
+
+    def __init__(self, data, requires_grad: bool = True, lower_bound: float | None = None):
+        super().__init__(data.data if isinstance(data, Tensor) else data)
+        self.lower_bound = lower_bound
+        self.requires_grad_(requires_grad)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+class Module:
+    """Base class of all layers and models.
+
+    Subclasses set parameters and sub-modules as attributes in ``__init__``
+    and implement ``forward``; calling the module calls ``forward``.
+    """
+
+    training = True
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} has no forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ----------------------------------------------------------- traversal
+    def _children_items(self):
+        for name, value in vars(self).items():
+            if isinstance(value, (Module, Parameter)):
+                yield name, value
+
+    def named_modules(self, prefix: str = ""):
+        """Yield ``(name, module)`` for this module (name ``""``) and every sub-module, depth first."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, mod = stack.pop()
+            if id(mod) in seen:
+                continue
+            seen.add(id(mod))
+            yield name, mod
+            children = [(f"{name}.{k}" if name else k, v) for k, v in mod._children_items() if isinstance(v, Module)]
+            stack.extend(reversed(children))
+
+    def modules(self):
+        """Yield every module, this one first."""
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = ""):
+        """Yield ``(dotted_name, Parameter)`` for every parameter, each object once."""
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix):
+            for k, v in mod._children_items():
+                if isinstance(v, Parameter) and id(v) not in seen:
+                    seen.add(id(v))
+                    yield (f"{mod_name}.{k}" if mod_name else k), v
+
+    def parameters(self):
+        """Yield every parameter once, frozen ones included."""
+        for _, p in self.named_parameters():
+            yield p
+
+    def get_submodule(self, name: str) -> "Module":
+        """Return the sub-module at dotted ``name``.
+
+        Raises:
+            AttributeError: naming the missing part.
+        """
+        mod = self
+        for part in name.split(".") if name else []:
+            child = getattr(mod, part, None)
+            if not isinstance(child, Module):
+                raise AttributeError(f"get_submodule: {type(mod).__name__} has no sub-module {part!r} (in {name!r})")
+            mod = child
+        return mod
+
+    # --------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode (dropout active) on this module and all sub-modules."""
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self) -> "Module":
+        """Set evaluation mode: ``train(False)``."""
+        return self.train(False)
+
+    def requires_grad_(self, flag: bool = True) -> "Module":
+        """Set ``requires_grad`` on every parameter."""
+        for p in self.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def zero_grad(self) -> None:
+        """Drop every parameter's gradient (``grad = None``)."""
+        for p in self.parameters():
+            p.grad = None
+
+    # --------------------------------------------------------- state dicts
+    def state_dict(self) -> "OrderedDict[str, object]":
+        """Return ``{name: array}`` with a copy of every parameter's data (backend arrays)."""
+        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays from ``state`` into the parameters, cast to each parameter's dtype.
+
+        Args:
+            state: ``{name: array}`` as returned by :meth:`state_dict`.
+            strict: if true, missing and unexpected keys are errors.
+
+        Raises:
+            ValueError: listing every missing, unexpected and wrong-shaped key
+                at once; nothing is changed when it is raised.
+        """
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        wrong = [
+            f"{k}: expected {params[k].shape}, got {tuple(state[k].shape)}"
+            for k in params
+            if k in state and tuple(state[k].shape) != params[k].shape
+        ]
+        problems = []
+        if strict and missing:
+            problems.append(f"missing keys {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        if wrong:
+            problems.append(f"wrong shapes [{'; '.join(wrong)}]")
+        if problems:
+            raise ValueError(f"load_state_dict ({type(self).__name__}): " + ", ".join(problems))
+        for k, p in params.items():
+            if k in state:
+                p.data = backend.asarray(state[k], dtype=p.dtype).copy()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Count parameter elements (only trainable ones if asked)."""
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        children = [(k, v) for k, v in self._children_items() if isinstance(v, Module)]
+        for k, v in children:
+            child = repr(v).replace("\n", "\n  ")
+            lines.append(f"  ({k}): {child}")
+        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+    def extra_repr(self) -> str:
+        return ""
+
+
+class ModuleList(Module):
+    """A list of sub-modules named ``0, 1, 2, ...`` (as in ``torch.nn.ModuleList``)."""
+
+    def __init__(self, modules=()):
+        for i, m in enumerate(modules):
+            setattr(self, str(i), m)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._children_items())
+
+    def __getitem__(self, i: int) -> Module:
+        return getattr(self, str(i % len(self)))
+
+    def __iter__(self):
+        for _, m in self._children_items():
+            yield m

@@ -1,0 +1,177 @@
+"""The transformer family: config, MLP, pre-LayerNorm block, and the ViT image classifier.
+
+Layout and names follow DESIGN.md (minGPT-style pre-LN blocks, GELU in tanh
+form, LayerNorm eps 1e-5), so a state dict maps one-to-one onto the same
+modules written in PyTorch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import backend
+from .. import functional as F
+from ..ops import broadcast_to, concat
+from ..tensor import Tensor
+from .attention import MultiHeadAttention
+from .layers import Dropout, Embedding, LayerNorm, Linear
+from .module import Module, ModuleList, Parameter
+
+
+@dataclass
+class TransformerConfig:
+    """Sizes of a tiny transformer.
+
+    Attributes:
+        vocab_size: number of token ids (unused by the ViT).
+        block_size: longest sequence (tokens) the position table holds.
+        n_layer, n_head, n_embd: depth, heads, width (``n_embd % n_head == 0``).
+        mlp_ratio: MLP hidden width is ``mlp_ratio * n_embd``.
+        dropout: dropout probability in attention, MLP and embeddings.
+        causal: causal self-attention (a language model).
+        n_classes: classifier outputs, or None for a language-model head.
+        pooling: ``"mean"`` over tokens or ``"cls"`` (the first token) for classifiers.
+
+    Raises:
+        ValueError: from ``validate()`` naming the first bad field.
+    """
+
+    vocab_size: int = 16
+    block_size: int = 32
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    causal: bool = False
+    n_classes: int | None = None
+    pooling: str = "mean"
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TransformerConfig: {name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"TransformerConfig: n_embd {self.n_embd} must be divisible by n_head {self.n_head}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"TransformerConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.n_classes is not None and (not isinstance(self.n_classes, int) or self.n_classes < 1):
+            raise ValueError(f"TransformerConfig: n_classes must be a positive integer or None, got {self.n_classes!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"TransformerConfig: pooling must be 'mean' or 'cls', got {self.pooling!r}")
+
+
+class MLP(Module):
+    """``fc2(gelu(fc1(x)))`` with hidden width ``mlp_ratio * n_embd``; input and output ``(..., n_embd)``."""
+
+    def __init__(self, n_embd: int, mlp_ratio: int = 4, dropout: float = 0.0, dtype=None):
+        self.fc1 = Linear(n_embd, mlp_ratio * n_embd, dtype=dtype)
+        self.fc2 = Linear(mlp_ratio * n_embd, n_embd, dtype=dtype)
+        self.drop = Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+
+
+class Block(Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``.
+
+    Input and output ``(B, T, n_embd)``.
+    """
+
+    def __init__(self, config: TransformerConfig, dtype=None):
+        c = config
+        self.ln1 = LayerNorm(c.n_embd, dtype=dtype)
+        self.attn = MultiHeadAttention(c.n_embd, c.n_head, c.dropout, c.causal, dtype=dtype)
+        self.ln2 = LayerNorm(c.n_embd, dtype=dtype)
+        self.mlp = MLP(c.n_embd, c.mlp_ratio, c.dropout, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class ViT(Module):
+    """Vision transformer classifier (Dosovitskiy et al. 2021) for small images.
+
+    Each ``patch_size x patch_size`` patch becomes a token (``patch_emb``, a
+    Linear of the flattened patch); a learned ``cls_token`` is prepended at
+    position 0; ``pos_emb`` holds one vector per position.
+
+    Args:
+        config: ``n_classes`` must be set; ``pooling`` picks the CLS token
+            (``"cls"``) or the mean over all tokens.
+        patch_size: side of a square patch in pixels.
+        image_size: side of the square image in pixels, divisible by ``patch_size``.
+        channels: colour channels (1 for grey images).
+
+    Forward: float images ``(B, H, W)`` (one channel) or ``(B, C, H, W)`` ->
+    logits ``(B, n_classes)``.
+
+    Raises:
+        ValueError: for a config without ``n_classes``, sizes that do not
+            divide, or images of the wrong shape or a non-numeric dtype.
+    """
+
+    def __init__(self, config: TransformerConfig, patch_size: int = 2, image_size: int = 8,
+                 channels: int = 1, dtype=None):
+        config.validate()
+        if config.n_classes is None:
+            raise ValueError("ViT: config.n_classes must be set for an image classifier")
+        if patch_size < 1 or image_size % patch_size:
+            raise ValueError(f"ViT: image_size {image_size} must be divisible by patch_size {patch_size}")
+        self.config = config
+        self.patch_size, self.image_size, self.channels = patch_size, image_size, channels
+        self.grid = image_size // patch_size
+        self.n_tokens = self.grid * self.grid + 1  # patches + CLS
+        c = config
+        self.patch_emb = Linear(channels * patch_size * patch_size, c.n_embd, dtype=dtype)
+        cls = backend.host_rng().normal(0.0, 0.02, size=(1, 1, c.n_embd))
+        self.cls_token = Parameter(backend.asarray(cls.astype(self.patch_emb.weight.dtype)))
+        self.pos_emb = Embedding(self.n_tokens, c.n_embd, dtype=dtype)
+        self.drop = Dropout(c.dropout)
+        self.blocks = ModuleList([Block(c, dtype=dtype) for _ in range(c.n_layer)])
+        self.ln_f = LayerNorm(c.n_embd, dtype=dtype)
+        self.head = Linear(c.n_embd, c.n_classes, dtype=dtype)
+
+    def patchify(self, images) -> Tensor:
+        """Cut images into flattened patches: ``(B, [C,] H, W)`` -> ``(B, n_patches, C * p * p)``.
+
+        Patches are ordered row by row, so token ``1 + i * grid + j`` is patch ``(i, j)``.
+        """
+        data = images.data if isinstance(images, Tensor) else backend.asarray(images)
+        if data.dtype.kind not in "fiu":
+            raise ValueError(f"ViT: images must be numeric, got dtype {data.dtype}")
+        if data.ndim == 3 and self.channels == 1:
+            data = data[:, None]
+        expected = (self.channels, self.image_size, self.image_size)
+        if data.ndim != 4 or tuple(data.shape[1:]) != expected:
+            raise ValueError(
+                f"ViT: expected images (B, {self.channels}, {self.image_size}, {self.image_size})"
+                f"{' or (B, H, W)' if self.channels == 1 else ''}, got shape {tuple(data.shape)}"
+            )
+        B, C, p, g = data.shape[0], self.channels, self.patch_size, self.grid
+        x = data.astype(self.patch_emb.weight.dtype, copy=False)
+        x = x.reshape(B, C, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)  # (B, g, g, C, p, p)
+        return Tensor(x.reshape(B, g * g, C * p * p))  # (B, n_patches, C*p*p)
+
+    def features(self, images) -> Tensor:
+        """Token states after the final LayerNorm: ``(B, n_tokens, n_embd)``."""
+        patches = self.patchify(images)
+        B = patches.shape[0]
+        tok = self.patch_emb(patches)  # (B, n_patches, n_embd)
+        cls = broadcast_to(self.cls_token, (B, 1, self.config.n_embd))
+        x = concat([cls, tok], axis=1) + self.pos_emb.weight  # (B, n_tokens, n_embd)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def forward(self, images) -> Tensor:
+        x = self.features(images)
+        pooled = x[:, 0] if self.config.pooling == "cls" else x.mean(axis=1)  # (B, n_embd)
+        return self.head(pooled)

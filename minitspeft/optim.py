@@ -1,0 +1,142 @@
+"""Optimisers and learning-rate schedules (after ``torch.optim``).
+
+Parameter groups work as in PyTorch: pass a list of dicts, each with
+``"params"`` and any per-group settings (``lr``, ``weight_decay``). Only
+parameters with ``requires_grad`` and a gradient are updated. A parameter
+with a ``lower_bound`` (the gate threshold ``tau``) is projected onto
+``>= lower_bound`` after every step: the proximal step for that constraint,
+done here so that no training loop can forget it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import backend
+from .nn.module import Parameter
+
+
+class Optimizer:
+    """Base class: holds parameter groups and implements ``zero_grad`` and the projection.
+
+    Args:
+        params: an iterable of Parameters, or of dicts ``{"params": [...], **settings}``.
+        defaults: settings a group takes when it does not set them.
+
+    Raises:
+        ValueError: for an empty parameter list or a parameter in two groups.
+        TypeError: for something that is not a Parameter.
+    """
+
+    def __init__(self, params, defaults: dict):
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups, seen = [], set()
+        for group in groups:
+            group = {**defaults, **group, "params": list(group["params"])}
+            for p in group["params"]:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"{type(self).__name__}: expected Parameters, got {type(p).__name__}")
+                if id(p) in seen:
+                    raise ValueError(f"{type(self).__name__}: a parameter appears in more than one group")
+                seen.add(id(p))
+            group.setdefault("initial_lr", group["lr"])
+            self.param_groups.append(group)
+        self.state: dict = {}
+
+    def zero_grad(self) -> None:
+        """Drop the gradients of every parameter in every group."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def _project(self, p: Parameter) -> None:
+        if p.lower_bound is not None:
+            p.data = backend.xp.maximum(p.data, p.dtype.type(p.lower_bound))
+
+    def step(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov and Hutter 2019, Algorithm 2).
+
+    For each parameter with gradient ``g`` at step ``t``::
+
+        p <- p - lr * weight_decay * p
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    Args:
+        params: Parameters or groups (see :class:`Optimizer`).
+        lr: learning rate (> 0 unless a group overrides it).
+        betas: ``(b1, b2)``, each in ``[0, 1)``.
+        eps: added to the denominator.
+        weight_decay: decoupled decay factor (>= 0).
+
+    Raises:
+        ValueError: naming a setting outside its range.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"AdamW: invalid settings lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient, then apply lower bounds."""
+        xp = backend.xp
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None or not p.requires_grad:
+                    continue
+                st = self.state.setdefault(id(p), {"step": 0, "m": xp.zeros_like(p.data), "v": xp.zeros_like(p.data)})
+                st["step"] += 1
+                t = st["step"]
+                g = p.grad
+                if wd:
+                    p.data = p.data * (1 - lr * wd)
+                st["m"] = b1 * st["m"] + (1 - b1) * g
+                st["v"] = b2 * st["v"] + (1 - b2) * (g * g)
+                m_hat = st["m"] / (1 - b1**t)
+                v_hat = st["v"] / (1 - b2**t)
+                p.data = p.data - lr * m_hat / (xp.sqrt(v_hat) + eps)
+                self._project(p)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0) -> float:
+    """Learning-rate factor: linear warm-up to 1 over ``warmup_steps``, then cosine decay to ``min_factor``.
+
+    Args:
+        step: the step about to be taken, counted from 0.
+        total_steps: length of the schedule (>= 1).
+        warmup_steps: steps of linear warm-up (>= 0).
+        min_factor: factor at the end of the decay.
+
+    Source: Loshchilov and Hutter 2017 (SGDR) cosine annealing, with linear warm-up.
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def set_lr_factor(optimizer: Optimizer, factor: float) -> None:
+    """Set every group's ``lr`` to ``initial_lr * factor`` (call once per step with :func:`warmup_cosine`)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Scale gradients in place so their joint L2 norm is at most ``max_norm``; return the norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    total = math.sqrt(sum(float((p.grad * p.grad).sum()) for p in params))
+    if total > max_norm > 0:
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            p.grad = p.grad * p.grad.dtype.type(scale)
+    return total

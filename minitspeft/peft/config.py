@@ -1,0 +1,139 @@
+"""Configurations, named after Hugging Face ``peft``: ``LoraConfig`` and the token gate's ``GateConfig``.
+
+Every field is checked when the config is built; a bad value raises
+``ValueError`` naming the field, before anything is wrapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+def _check(cond: bool, cls: str, name: str, value, need: str) -> None:
+    if not cond:
+        raise ValueError(f"{cls}: {name} must be {need}, got {value!r}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adaptation (Hu et al. 2021): ``h = W0 x + scaling * B A x``.
+
+    Attributes:
+        r: rank of the update (>= 1).
+        lora_alpha: scale numerator (> 0); ``scaling = lora_alpha / r``, or
+            ``lora_alpha / sqrt(r)`` with ``use_rslora`` (Kalajdzievski 2023).
+        lora_dropout: dropout on the adapter's input, training only, in ``[0, 1)``.
+        target_modules: names (or dotted-name suffixes) of the ``Linear``
+            layers to adapt, e.g. ``["q_proj", "v_proj"]``.
+        use_rslora: rank-stabilised scaling.
+        use_dora: weight-decomposed LoRA (not available yet: raises).
+        init_lora_weights: ``True`` (A Kaiming-uniform, B zero: a no-op at start)
+            or ``False`` (both random, for debugging).
+        bias: ``"none"`` (biases stay frozen) or ``"all"`` (every bias trains).
+        modules_to_save: names of whole modules to train and save as well,
+            e.g. ``["head"]`` for a new classification head.
+
+    Raises:
+        ValueError: naming the first invalid field.
+    """
+
+    r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool = True
+    bias: str = "none"
+    modules_to_save: list | None = None
+
+    def __post_init__(self):
+        n = "LoraConfig"
+        _check(isinstance(self.r, int) and not isinstance(self.r, bool) and self.r >= 1, n, "r", self.r, "an integer >= 1")
+        _check(_is_number(self.lora_alpha) and self.lora_alpha > 0, n, "lora_alpha", self.lora_alpha, "> 0")
+        _check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, n, "lora_dropout",
+               self.lora_dropout, "in [0, 1)")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        _check(isinstance(self.target_modules, (list, tuple)) and len(self.target_modules) > 0
+               and all(isinstance(t, str) and t for t in self.target_modules),
+               n, "target_modules", self.target_modules, "a non-empty list of module names")
+        self.target_modules = list(self.target_modules)
+        _check(isinstance(self.use_rslora, bool), n, "use_rslora", self.use_rslora, "a bool")
+        _check(self.use_dora is False, n, "use_dora", self.use_dora, "False (DoRA is not built yet)")
+        _check(isinstance(self.init_lora_weights, bool), n, "init_lora_weights", self.init_lora_weights, "True or False")
+        _check(self.bias in ("none", "all"), n, "bias", self.bias, "'none' or 'all'")
+        if self.modules_to_save is not None:
+            _check(isinstance(self.modules_to_save, (list, tuple)) and all(isinstance(t, str) for t in self.modules_to_save),
+                   n, "modules_to_save", self.modules_to_save, "a list of module names or None")
+            self.modules_to_save = list(self.modules_to_save)
+
+    @property
+    def scaling(self) -> float:
+        """``lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with rsLoRA)."""
+        return self.lora_alpha / (self.r ** 0.5 if self.use_rslora else self.r)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SURROGATES = ("sigmoid", "rect", "identity")
+
+
+@dataclass
+class GateConfig:
+    """The token-selective gate of TS-PEFT (arXiv 2511.16147); the details are derived here (see TS-PEFT.md).
+
+    Per token ``i`` of a gated layer: ``r_i = ||d_i|| / (||b_i|| + eps)``,
+    ``S_i = 1[r_i >= tau]``, output ``b_i + S_i d_i``.
+
+    Attributes:
+        surrogate: straight-through derivative of the step: ``"sigmoid"``,
+            ``"rect"`` or ``"identity"``.
+        temperature: width ``T`` of the surrogate (> 0), in units of ``r``.
+        eps: guard in the ratio's denominator (> 0).
+        grad_through_ratio: let the surrogate's gradient reach ``d`` and ``b`` through ``r``.
+        sparsity_weight: ``lambda`` of the regulariser ``lambda * mean(S)`` (>= 0).
+        target_density: if set, in ``(0, 1]``: the regulariser becomes
+            ``lambda * (mean(S) - target_density)^2``.
+        tau_init: starting threshold (>= 0); 0 opens every gate.
+        tau_lr: learning rate of the thresholds (> 0), or None for the model's.
+        warmup_steps: steps (>= 0) with thresholds frozen and no regulariser.
+
+    Raises:
+        ValueError: naming the first invalid field.
+    """
+
+    surrogate: str = "sigmoid"
+    temperature: float = 0.1
+    eps: float = 1e-6
+    grad_through_ratio: bool = True
+    sparsity_weight: float = 0.0
+    target_density: float | None = None
+    tau_init: float = 0.0
+    tau_lr: float | None = None
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        n = "GateConfig"
+        _check(self.surrogate in SURROGATES, n, "surrogate", self.surrogate, f"one of {SURROGATES}")
+        _check(_is_number(self.temperature) and self.temperature > 0, n, "temperature", self.temperature, "> 0")
+        _check(_is_number(self.eps) and self.eps > 0, n, "eps", self.eps, "> 0")
+        _check(isinstance(self.grad_through_ratio, bool), n, "grad_through_ratio", self.grad_through_ratio, "a bool")
+        _check(_is_number(self.sparsity_weight) and self.sparsity_weight >= 0, n, "sparsity_weight",
+               self.sparsity_weight, ">= 0")
+        if self.target_density is not None:
+            _check(_is_number(self.target_density) and 0 < self.target_density <= 1, n, "target_density",
+                   self.target_density, "in (0, 1] or None")
+        _check(_is_number(self.tau_init) and self.tau_init >= 0, n, "tau_init", self.tau_init, ">= 0")
+        if self.tau_lr is not None:
+            _check(_is_number(self.tau_lr) and self.tau_lr > 0, n, "tau_lr", self.tau_lr, "> 0 or None")
+        _check(isinstance(self.warmup_steps, int) and not isinstance(self.warmup_steps, bool)
+               and self.warmup_steps >= 0, n, "warmup_steps", self.warmup_steps, "an integer >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
