@@ -1,0 +1,61 @@
+"""Safe, atomic array files: ``.npz`` without pickle, plus a JSON side file.
+
+A write goes to a temporary file in the target folder and is renamed into
+place, so a crash never leaves half a file; loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from .backend import to_numpy
+
+
+def _atomic_write(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_arrays(path: str, arrays: dict, meta: dict | None = None) -> None:
+    """Write ``arrays`` (name -> NumPy or CuPy array) to ``path`` (``.npz``) and ``meta`` to ``path + ".json"``.
+
+    Both files are written atomically; the JSON goes last, so its presence
+    means the arrays are complete.
+
+    Raises:
+        OSError: if the folder is missing or not writable (nothing is left behind).
+    """
+    host = {k: to_numpy(v) for k, v in arrays.items()}
+    _atomic_write(path, lambda fh: np.savez(fh, **host))
+    if meta is not None:
+        _atomic_write(path + ".json", lambda fh: fh.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
+
+
+def load_arrays(path: str) -> tuple:
+    """Read what :func:`save_arrays` wrote: ``(arrays, meta)``, ``meta`` None when there is no JSON file.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the file holds pickled objects or is not an ``.npz``.
+    """
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = None
+    if os.path.exists(path + ".json"):
+        with open(path + ".json") as fh:
+            meta = json.load(fh)
+    return arrays, meta
