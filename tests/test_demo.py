@@ -1,0 +1,55 @@
+"""The demo: a quick smoke run, the cache, its JSON records, and one-line errors for bad options."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minitspeft import demo
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "minitspeft.demo", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    cache = tmp_path / "cache"
+    assert demo.main(["--quick", "--no-progress", "--cache-dir", str(cache), "--json", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "Pretrained" in first and "ts-lora" in first and "Block 0" in first
+    records = json.loads(out.read_text())
+    assert [r["method"] for r in records] == ["lora", "ts-lora"]
+    for r in records:
+        assert set(r) == {"task", "method", "seed", "trainable_params", "accuracy", "density", "tau", "seconds"}
+        assert r["task"] == "digits" and r["seed"] == 0 and 0 <= r["accuracy"] <= 1 and 0 <= r["density"] <= 1
+    assert records[0]["density"] == 1.0 and records[0]["tau"] is None
+    assert len(records[1]["tau"]) == 6 and all(t >= 0 for t in records[1]["tau"])  # 1 block x 6 targets
+    assert demo.main(["--quick", "--no-progress", "--cache-dir", str(cache), "--json", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert "from the cache (skipping pretraining)" in second
+    assert json.loads(out.read_text()) == records  # the cached backbone gives the same run
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--bogus"], "unrecognized arguments"),
+    (["--seed", "-3"], "seed must be an integer >= 0"),
+    (["--seed", "x"], "seed must be an integer >= 0"),
+    (["--json", "/proc/no/such/out.json"], "--json"),
+    (["--cache-dir", "/proc/version/cache"], "--cache-dir"),
+])
+def test_bad_options_give_one_line_errors(args, needle, tmp_path):
+    extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path)]
+    proc = _run("--quick", *extra, *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_json_path_that_is_a_folder_is_refused(tmp_path):
+    proc = _run("--quick", "--cache-dir", str(tmp_path), "--json", str(tmp_path))
+    assert proc.returncode == 2 and "is a folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
