@@ -1,0 +1,58 @@
+"""The tutorials and the README's commands are code: run them."""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TUTORIALS = sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py"))
+
+
+def _quick_start_commands():
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start\s+```bash\n(.*?)```", text, re.S)
+    assert block, "README.md has no Quick start bash block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.name)
+def test_tutorial_runs(path):
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_there_is_a_tutorial():
+    assert TUTORIALS
+
+
+def test_readme_quick_start_is_two_commands():
+    commands = _quick_start_commands()
+    assert len(commands) == 2
+    assert commands[0].endswith("python -m minitspeft.demo") and commands[0].startswith("pip install -e .")
+    assert commands[1].endswith("python -m pytest") and '".[test]"' in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest" in ci and '".[test]"' in ci
+
+
+def test_readme_demo_command_meets_its_promise(tmp_path):
+    """Run the README's demo command as written (fresh cache): dense LoRA >= 0.90, TS-LoRA within
+    0.03 of it at density <= 0.8 (the walking skeleton's acceptance numbers)."""
+    demo_cmd = _quick_start_commands()[0].split("&&")[-1].split()
+    assert demo_cmd[:3] == ["python", "-m", "minitspeft.demo"]
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    proc = subprocess.run([sys.executable, *demo_cmd[1:]], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {m.group(1): (float(m.group(2)), float(m.group(3)))
+            for m in re.finditer(r"^(lora|ts-lora)\s+[\d,]+\s+([\d.]+)\s+([\d.]+)", proc.stdout, re.M)}
+    assert set(rows) == {"lora", "ts-lora"}, proc.stdout
+    (dense_acc, dense_density), (ts_acc, ts_density) = rows["lora"], rows["ts-lora"]
+    assert dense_density == 1.0
+    assert dense_acc >= 0.90
+    assert ts_acc >= dense_acc - 0.03
+    assert ts_density <= 0.8
+    assert (tmp_path / "minitspeft").is_dir()  # the backbone went to the user cache
