@@ -81,6 +81,7 @@ def pretrained_backbone(s: Settings, seed: int, cache_dir: str, progress: bool) 
             return state, True
         except (OSError, ValueError):
             pass  # unreadable cache entry: train again and overwrite it
+    os.makedirs(cache_dir, exist_ok=True)
     task = digits_task(PRETRAIN_CLASSES, seed=seed)
     backend.manual_seed(seed)
     model = nn.ViT(vit_config(s), patch_size=2, image_size=8)

@@ -212,7 +212,7 @@ class Tensor:
             if node.is_leaf:
                 continue
             parent_grads = node._backward(g)
-            for parent, pg in zip(node._parents, parent_grads):
+            for parent, pg in zip(node._parents, parent_grads, strict=True):
                 if pg is None or not parent.requires_grad:
                     continue
                 key = id(parent)
@@ -346,10 +346,12 @@ class Tensor:
         return _ops.abs(self)
 
     def reshape(self, *shape):
-        return _ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+        """``t.reshape(2, 3)`` or ``t.reshape((2, 3))``."""
+        return _ops.reshape(self, _varargs(shape))
 
     def transpose(self, *axes):
-        return _ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+        """``t.transpose()`` reverses the axes; ``t.transpose(0, 2, 1)`` or ``t.transpose((0, 2, 1))`` permutes."""
+        return _ops.transpose(self, _varargs(axes) or None)
 
     def swapaxes(self, axis1, axis2):
         return _ops.swapaxes(self, axis1, axis2)
@@ -357,6 +359,11 @@ class Tensor:
     @property
     def T(self):
         return _ops.transpose(self, None)
+
+
+def _varargs(args: tuple) -> tuple:
+    """Accept both ``f(2, 3)`` and ``f((2, 3))``, as NumPy and PyTorch do."""
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
 
 
 def _raw(x):

@@ -125,7 +125,8 @@ def predict(model: Module, x, batch_size: int = 256) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        preds = [backend.to_numpy(model(x[i:i + batch_size]).data.argmax(axis=-1)) for i in range(0, len(x), batch_size)]
+        preds = [backend.to_numpy(model(x[i:i + batch_size]).data.argmax(axis=-1))
+                 for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(preds).astype(np.int64)

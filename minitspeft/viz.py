@@ -23,10 +23,11 @@ def format_table(headers: list, rows: list, align: str | None = None) -> str:
         if len(row) != len(headers):
             raise ValueError(f"format_table: row {row} has {len(row)} cells for {len(headers)} headers")
     align = align or "l" + "r" * (len(headers) - 1)
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
 
     def line(cells):
-        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(cells, widths, align))
+        cells = zip(cells, widths, align, strict=True)
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in cells)
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

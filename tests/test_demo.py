@@ -1,7 +1,6 @@
 """The demo: a quick smoke run, the cache, its JSON records, and one-line errors for bad options."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -14,6 +14,10 @@ def _check(cond: bool, cls: str, name: str, value, need: str) -> None:
         raise ValueError(f"{cls}: {name} must be {need}, got {value!r}")
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -53,7 +57,7 @@ class LoraConfig:
 
     def __post_init__(self):
         n = "LoraConfig"
-        _check(isinstance(self.r, int) and not isinstance(self.r, bool) and self.r >= 1, n, "r", self.r, "an integer >= 1")
+        _check(_is_int(self.r) and self.r >= 1, n, "r", self.r, "an integer >= 1")
         _check(_is_number(self.lora_alpha) and self.lora_alpha > 0, n, "lora_alpha", self.lora_alpha, "> 0")
         _check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, n, "lora_dropout",
                self.lora_dropout, "in [0, 1)")
@@ -65,12 +69,14 @@ class LoraConfig:
         self.target_modules = list(self.target_modules)
         _check(isinstance(self.use_rslora, bool), n, "use_rslora", self.use_rslora, "a bool")
         _check(self.use_dora is False, n, "use_dora", self.use_dora, "False (DoRA is not built yet)")
-        _check(isinstance(self.init_lora_weights, bool), n, "init_lora_weights", self.init_lora_weights, "True or False")
+        _check(isinstance(self.init_lora_weights, bool), n, "init_lora_weights", self.init_lora_weights,
+               "True or False")
         _check(self.bias in ("none", "all"), n, "bias", self.bias, "'none' or 'all'")
         if self.modules_to_save is not None:
-            _check(isinstance(self.modules_to_save, (list, tuple)) and all(isinstance(t, str) for t in self.modules_to_save),
-                   n, "modules_to_save", self.modules_to_save, "a list of module names or None")
-            self.modules_to_save = list(self.modules_to_save)
+            names = self.modules_to_save
+            _check(isinstance(names, (list, tuple)) and all(isinstance(t, str) for t in names), n,
+                   "modules_to_save", names, "a list of module names or None")
+            self.modules_to_save = list(names)
 
     @property
     def scaling(self) -> float:
@@ -132,8 +138,8 @@ class GateConfig:
         _check(_is_number(self.tau_init) and self.tau_init >= 0, n, "tau_init", self.tau_init, ">= 0")
         if self.tau_lr is not None:
             _check(_is_number(self.tau_lr) and self.tau_lr > 0, n, "tau_lr", self.tau_lr, "> 0 or None")
-        _check(isinstance(self.warmup_steps, int) and not isinstance(self.warmup_steps, bool)
-               and self.warmup_steps >= 0, n, "warmup_steps", self.warmup_steps, "an integer >= 0")
+        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, n, "warmup_steps", self.warmup_steps,
+               "an integer >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -148,7 +148,7 @@ class PeftModel(Module):
         try:
             yield self
         finally:
-            for m, was in zip(layers, previous):
+            for m, was in zip(layers, previous, strict=True):
                 m.disabled = was
 
 
