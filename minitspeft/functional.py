@@ -103,10 +103,9 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
             g = xp.broadcast_to(g / max(count, 1), t.shape)
         elif reduction == "sum":
             g = xp.broadcast_to(g, t.shape)
-        grad = xp.exp(logp)
-        backend.scatter_add(grad.reshape(-1, n_classes), (xp.arange(t.size), safe_t.reshape(-1)), -1)
-        grad *= (g * valid)[..., None]
-        return (grad,)
+        grad = xp.exp(logp).reshape(-1, n_classes)  # (N, C); a fresh array, whatever the logits' layout
+        grad[xp.arange(grad.shape[0]), safe_t.reshape(-1)] -= 1  # one target per row: no repeats
+        return (grad.reshape(logp.shape) * (g * valid)[..., None],)
 
     return Tensor._from_op(out, (logits,), backward, "cross_entropy")
 

@@ -6,8 +6,9 @@ one gradient per input, or ``None`` for an input that needs none: a rule only
 does the work for inputs with ``requires_grad``.
 
 Binary ops broadcast like NumPy; :func:`unbroadcast` sums a gradient back to
-its input's shape. Python scalars and arrays are accepted on either side and
-never promote a float32 tensor (they are cast to its dtype first).
+its input's shape. Constants (Python or NumPy scalars, arrays) are accepted
+on either side and never promote a float32 tensor: they are cast to the
+tensor's dtype first. Two Tensors of different dtypes promote as in NumPy.
 
 Derivatives are the textbook ones; each rule carries its formula.
 """
@@ -41,13 +42,14 @@ def unbroadcast(grad, shape: tuple):
 
 
 def as_tensor(x, like: Tensor | None = None) -> Tensor:
-    """Return ``x`` as a Tensor; Python scalars take ``like``'s dtype so they never promote it."""
+    """Return ``x`` as a Tensor. A constant (scalar or array, not a Tensor) next to a floating
+    Tensor ``like`` takes ``like``'s dtype, so constants never promote a float32 computation."""
     if isinstance(x, Tensor):
         return x
-    xp = backend.xp
-    if like is not None and isinstance(x, (int, float)) and not isinstance(x, bool):
-        if like.dtype.kind == "f":
-            return Tensor(xp.asarray(x, dtype=like.dtype))
+    if like is not None and like.dtype.kind == "f":
+        arr = backend.xp.asarray(x)
+        if arr.dtype.kind in "biuf":
+            return Tensor(arr.astype(like.dtype, copy=False))
     return Tensor(x)
 
 
@@ -169,7 +171,8 @@ def maximum(a, b) -> Tensor:
 
 def minimum(a, b) -> Tensor:
     """Elementwise minimum, ``-maximum(-a, -b)``."""
-    return neg(maximum(neg(as_tensor(a)), neg(as_tensor(b))))
+    a, b = _pair(a, b)
+    return neg(maximum(neg(a), neg(b)))
 
 
 # -------------------------------------------------------- elementwise unary
@@ -430,13 +433,10 @@ def matmul(a, b) -> Tensor:
 
     def backward(g):
         # lift 1-D operands to matrices so one rule covers every case
-        a2 = a.data[None, :] if a.ndim == 1 else a.data
-        b2 = b.data[:, None] if b.ndim == 1 else b.data
-        g2 = g
-        if a.ndim == 1:
-            g2 = xp.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = xp.expand_dims(g2, -1)
+        a2 = a.data[None, :] if a.ndim == 1 else a.data  # (..., n, k)
+        b2 = b.data[:, None] if b.ndim == 1 else b.data  # (..., k, m)
+        batch = tuple(xp.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]))
+        g2 = g.reshape(*batch, a2.shape[-2], b2.shape[-1])  # (..., n, m)
         ga = gb = None
         if a.requires_grad:
             ga = g2 @ xp.swapaxes(b2, -1, -2)

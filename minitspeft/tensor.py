@@ -215,6 +215,8 @@ class Tensor:
             for parent, pg in zip(node._parents, parent_grads, strict=True):
                 if pg is None or not parent.requires_grad:
                     continue
+                if pg.dtype != parent.dtype:  # mixed-dtype graphs: a gradient has its tensor's dtype
+                    pg = pg.astype(parent.dtype)
                 key = id(parent)
                 # out of place: a rule may hand the same array to two parents
                 grads[key] = pg if key not in grads else grads[key] + pg
