@@ -43,9 +43,9 @@ class Settings:
     n_embd: int = 64
     n_head: int = 4
     n_layer: int = 2
-    pretrain_steps: int = 300
+    pretrain_steps: int = 1000
     pretrain_lr: float = 3e-3
-    finetune_steps: int = 144
+    finetune_steps: int = 300
     finetune_lr: float = 1e-2
     batch_size: int = 64
     r: int = 8
