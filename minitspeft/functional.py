@@ -51,7 +51,8 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     return Tensor._from_op(out, (x,), backward, "log_softmax")
 
 
-def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index: int = -100,
+                  label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy between ``logits`` and integer class ``targets``.
 
     Args:
@@ -60,6 +61,8 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
             (``(N,)`` or ``(...)``), values in ``[0, C)`` or ``ignore_index``.
         reduction: ``"mean"`` (over non-ignored targets), ``"sum"`` or ``"none"``.
         ignore_index: a target value that contributes no loss and no gradient.
+        label_smoothing: ``eps`` in ``[0, 1)``: the target distribution becomes
+            ``(1 - eps) onehot + eps / C`` (as in PyTorch).
 
     Returns:
         A scalar Tensor, or per-position losses for ``"none"``.
@@ -68,11 +71,13 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
         ValueError: for a wrong targets shape, a float targets array, a target
             outside ``[0, C)``, or an unknown reduction.
 
-    Loss ``l_i = -log softmax(z_i)[t_i]``; backward (derived here):
-    ``dz_i = (softmax(z_i) - onehot(t_i)) * g_i``.
+    Loss ``l_i = -sum_c q_ic log softmax(z_i)_c`` with ``q_i`` the (smoothed)
+    target distribution; backward (derived here): ``dz_i = (softmax(z_i) - q_i) * g_i``.
     """
     xp = backend.xp
     t = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: unknown reduction {reduction!r}; expected 'mean', 'sum' or 'none'")
     if t.dtype.kind not in "iu":
@@ -89,6 +94,9 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
     safe_t = xp.where(valid, t, 0)
     logp = _log_softmax_array(logits.data, -1)
     picked = xp.take_along_axis(logp, safe_t[..., None], axis=-1)[..., 0]
+    eps = logp.dtype.type(label_smoothing)
+    if label_smoothing:
+        picked = (1 - eps) * picked + eps * logp.mean(axis=-1)
     losses = xp.where(valid, -picked, xp.zeros((), dtype=logp.dtype))
     count = int(valid.sum())
     if reduction == "none":
@@ -104,7 +112,9 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
         elif reduction == "sum":
             g = xp.broadcast_to(g, t.shape)
         grad = xp.exp(logp).reshape(-1, n_classes)  # (N, C); a fresh array, whatever the logits' layout
-        grad[xp.arange(grad.shape[0]), safe_t.reshape(-1)] -= 1  # one target per row: no repeats
+        if label_smoothing:
+            grad -= eps / n_classes
+        grad[xp.arange(grad.shape[0]), safe_t.reshape(-1)] -= 1 - eps  # one target per row: no repeats
         return (grad.reshape(logp.shape) * (g * valid)[..., None],)
 
     return Tensor._from_op(out, (logits,), backward, "cross_entropy")

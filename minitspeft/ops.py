@@ -67,13 +67,6 @@ def _broadcast_shape(op: str, a: Tensor, b: Tensor) -> tuple:
         raise ValueError(f"{op}: cannot broadcast shapes {a.shape} and {b.shape}") from None
 
 
-def _norm_axis(axis, ndim: int):
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(ax % ndim if ndim else ax for ax in axes)
-
-
 # ------------------------------------------------------- elementwise binary
 
 
@@ -240,47 +233,6 @@ def clip(x: Tensor, lo=None, hi=None) -> Tensor:
     xp = backend.xp
     out = xp.clip(x.data, lo, hi)
     return _unary(x, out, lambda: (out == x.data).astype(x.dtype), "clip")
-
-
-# ------------------------------------------------------------- reductions
-
-
-def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Sum over ``axis`` (int, tuple or None). d/dx = 1, broadcast back."""
-    axes = _norm_axis(axis, x.ndim)
-    out = x.data.sum(axis=axes, keepdims=keepdims)
-
-    def backward(g):
-        if not keepdims:
-            g = backend.xp.expand_dims(g, axes)
-        return (backend.xp.broadcast_to(g, x.shape),)
-
-    return Tensor._from_op(out, (x,), backward, "sum")
-
-
-def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
-    """Mean over ``axis``: ``sum / count``, the count cast to x's dtype."""
-    axes = _norm_axis(axis, x.ndim)
-    count = 1
-    for ax in axes:
-        count *= x.shape[ax]
-    return mul(sum(x, axis, keepdims), 1.0 / count)
-
-
-def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Maximum over ``axis``; the gradient is shared evenly among tied maxima."""
-    axes = _norm_axis(axis, x.ndim)
-    out = x.data.max(axis=axes, keepdims=True)
-
-    def backward(g):
-        xp = backend.xp
-        if not keepdims:
-            g = xp.expand_dims(g, axes)
-        hit = (x.data == out).astype(x.dtype)
-        return (g * hit / hit.sum(axis=axes, keepdims=True),)
-
-    result = out if keepdims else out.reshape([n for i, n in enumerate(out.shape) if i not in axes])
-    return Tensor._from_op(result, (x,), backward, "max")
 
 
 # ------------------------------------------------------------- shape ops

@@ -318,13 +318,22 @@ class Tensor:
         return _ops.getitem(self, index)
 
     def sum(self, axis=None, keepdims=False):
-        return _ops.sum(self, axis, keepdims)
+        return _red.sum(self, axis, keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        return _ops.mean(self, axis, keepdims)
+        return _red.mean(self, axis, keepdims)
 
     def max(self, axis=None, keepdims=False):
-        return _ops.max(self, axis, keepdims)
+        return _red.max(self, axis, keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return _red.min(self, axis, keepdims)
+
+    def var(self, axis=None, keepdims=False, correction=0):
+        return _red.var(self, axis, keepdims, correction)
+
+    def norm(self, axis=None, keepdims=False):
+        return _red.norm(self, axis, keepdims)
 
     def exp(self):
         return _ops.exp(self)
@@ -400,4 +409,5 @@ def _topological_order(root: Tensor) -> list:
     return order
 
 
-from . import ops as _ops  # noqa: E402  (ops needs Tensor defined first)
+from . import ops as _ops  # noqa: E402  (the op modules need Tensor defined first)
+from . import reductions as _red  # noqa: E402

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import minitspeft as mt
-from minitspeft import ops
+from minitspeft import ops, reductions
 from minitspeft.tensor import Tensor
 
 from gradcheck import check_grad
@@ -231,11 +231,11 @@ AXES = [None, 0, 1, -1, (0, 2), (-1, 0), (0, 1, 2)]
 
 @pytest.mark.parametrize("keepdims", [False, True])
 @pytest.mark.parametrize("axis", AXES, ids=str)
-@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+@pytest.mark.parametrize("name", ["sum", "mean", "max", "min", "var"])
 def test_reduction_forward_and_gradient(name, axis, keepdims):
     x = _rng(3).standard_normal((2, 3, 4))
     np_axis = axis
-    fn = lambda t: getattr(ops, name)(t, axis, keepdims)  # noqa: E731
+    fn = lambda t: getattr(reductions, name)(t, axis, keepdims)  # noqa: E731
     method = lambda t: getattr(t, name)(axis=axis, keepdims=keepdims)  # noqa: E731
     expected = getattr(np, name)(x, axis=np_axis, keepdims=keepdims)
     got = _forward(fn, x)

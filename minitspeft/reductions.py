@@ -1,0 +1,125 @@
+"""Reductions over axes and their vector-Jacobian products: ``sum``, ``mean``, ``max``, ``min``, ``var``, ``norm``.
+
+``axis`` is an int, a tuple of ints, or None (all axes); ``keepdims`` keeps
+the reduced axes with size 1. Each backward expands the upstream gradient
+back over the reduced axes.
+"""
+
+from __future__ import annotations
+
+import builtins  # this module's sum, max and min shadow the built-ins
+
+from . import backend
+from . import ops  # a module reference: ops and tensor import each other at start-up
+from .tensor import Tensor
+
+
+def normalize_axes(op: str, axis, ndim: int) -> tuple:
+    """``axis`` (int, tuple or None) as a sorted tuple of non-negative axes.
+
+    Raises:
+        ValueError: naming ``op`` for an axis outside ``[-ndim, ndim)`` or a repeated axis.
+    """
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    for ax in axes:
+        if not -ndim <= ax < builtins.max(ndim, 1):
+            raise ValueError(f"{op}: axis {ax} is out of range for a tensor with {ndim} dimensions")
+    axes = tuple(sorted(ax % ndim if ndim else 0 for ax in axes))
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{op}: repeated axis in {axis}")
+    return axes
+
+
+def _expand(g, axes, keepdims):
+    return g if keepdims else backend.xp.expand_dims(g, axes)
+
+
+def _count(shape, axes) -> int:
+    n = 1
+    for ax in axes:
+        n *= shape[ax]
+    return n
+
+
+def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Sum over ``axis``. d/dx = 1, broadcast back over the reduced axes."""
+    axes = normalize_axes("sum", axis, x.ndim)
+    out = x.data.sum(axis=axes, keepdims=keepdims)
+
+    def backward(g):
+        return (backend.xp.broadcast_to(_expand(g, axes, keepdims), x.shape),)
+
+    return Tensor._from_op(out, (x,), backward, "sum")
+
+
+def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Mean over ``axis``: ``sum / count`` (the count never promotes a float32 tensor)."""
+    axes = normalize_axes("mean", axis, x.ndim)
+    return ops.mul(sum(x, axes, keepdims), 1.0 / builtins.max(_count(x.shape, axes), 1))
+
+
+def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Maximum over ``axis``; the gradient is shared evenly among tied maxima (as ``torch.amax``).
+
+    Raises:
+        ValueError: for an empty tensor or axis.
+    """
+    axes = normalize_axes("max", axis, x.ndim)
+    if x.size == 0:
+        raise ValueError(f"max: cannot reduce an empty tensor of shape {x.shape}")
+    top = x.data.max(axis=axes, keepdims=True)
+
+    def backward(g):
+        hit = (x.data == top).astype(x.dtype)
+        return (_expand(g, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True),)
+
+    out = top if keepdims else top.reshape([n for i, n in enumerate(top.shape) if i not in axes])
+    return Tensor._from_op(out, (x,), backward, "max")
+
+
+def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Minimum over ``axis``: ``-max(-x)``."""
+    return ops.neg(max(ops.neg(x), axis, keepdims))
+
+
+def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Tensor:
+    """Variance over ``axis``: ``sum((x - mean)^2) / (count - correction)``.
+
+    ``correction=0`` is the population variance (NumPy's default), ``1`` the
+    unbiased sample variance (PyTorch's default). d/dx = 2 (x - mean) / (count - correction).
+
+    Raises:
+        ValueError: if ``count - correction`` is not positive.
+    """
+    axes = normalize_axes("var", axis, x.ndim)
+    denom = _count(x.shape, axes) - correction
+    if denom <= 0:
+        raise ValueError(f"var: {_count(x.shape, axes)} elements with correction {correction} leave no degrees of freedom")
+    centred = x.data - x.data.mean(axis=axes, keepdims=True)
+    out = (centred * centred).sum(axis=axes, keepdims=keepdims) / x.dtype.type(denom)
+
+    def backward(g):
+        return (_expand(g, axes, keepdims) * centred * x.dtype.type(2.0 / denom),)
+
+    return Tensor._from_op(out, (x,), backward, "var")
+
+
+def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Euclidean (L2) norm over ``axis``.
+
+    d/dx = x / ||x||, and 0 where ``||x|| = 0``: the minimum-norm subgradient,
+    so a zero vector (a LoRA update at initialisation, B = 0) gives a finite
+    gradient. Derived here; PyTorch's ``linalg.norm`` makes the same choice.
+    """
+    axes = normalize_axes("norm", axis, x.ndim)
+    xp = backend.xp
+    n = xp.sqrt((x.data * x.data).sum(axis=axes, keepdims=True))
+
+    def backward(g):
+        safe = xp.where(n > 0, n, 1)
+        return (_expand(g, axes, keepdims) * xp.where(n > 0, x.data / safe, 0),)
+
+    out = n if keepdims else n.reshape([m for i, m in enumerate(n.shape) if i not in axes])
+    return Tensor._from_op(out, (x,), backward, "norm")
