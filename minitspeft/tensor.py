@@ -21,6 +21,11 @@ Semantics (they follow PyTorch):
   promote a float32 computation to float64.
 - A backward rule computes gradients only for the inputs that require one,
   so frozen weights cost no gradient work.
+- Non-smooth points use fixed subgradients: ``relu`` and ``abs`` have
+  derivative 0 at 0; tied maxima (``max``, ``maximum``) share the gradient
+  evenly; ``norm`` (and the gate's ratio) use 0 at a zero vector, so a LoRA
+  update that starts at zero has a finite gradient; ``sqrt`` at 0 is
+  infinite, as in PyTorch: use ``norm`` for lengths.
 
 Source: standard reverse-mode automatic differentiation (vector-Jacobian
 products in reverse topological order), as in PyTorch and HIPS autograd.
