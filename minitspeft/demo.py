@@ -75,16 +75,17 @@ def pretrained_backbone(s: Settings, seed: int, cache_dir: str, progress: bool) 
                           "classes": PRETRAIN_CLASSES, "dtype": str(backend.get_default_dtype())}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"vit-digits0-4-{key}.npz")
+    backend.manual_seed(seed)
+    model = nn.ViT(vit_config(s), patch_size=2, image_size=8)
     if os.path.exists(path) and os.path.exists(path + ".json"):
         try:
             state, _ = load_arrays(path)
+            model.load_state_dict(state)  # checks every name and shape
             return state, True
-        except (OSError, ValueError):
-            pass  # unreadable cache entry: train again and overwrite it
+        except ValueError as exc:  # a damaged or foreign cache entry: train again and overwrite it
+            print(f"Ignoring the cached backbone ({exc}); pretraining again.", file=sys.stderr)
     os.makedirs(cache_dir, exist_ok=True)
     task = digits_task(PRETRAIN_CLASSES, seed=seed)
-    backend.manual_seed(seed)
-    model = nn.ViT(vit_config(s), patch_size=2, image_size=8)
     fit(model, task.x_train, task.y_train, steps=s.pretrain_steps, batch_size=s.batch_size, lr=s.pretrain_lr,
         weight_decay=0.01, warmup_steps=s.pretrain_steps // 10, seed=seed, desc="pretrain 0-4", progress=progress)
     acc = evaluate(model, task.x_test, task.y_test)
@@ -172,15 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_writable_dir(folder: str) -> str | None:
-    """Return an error message if files cannot be created in ``folder`` (creating it if needed)."""
+def _check_writable_dir(folder: str, create: bool) -> str | None:
+    """Return an error message if files cannot be created in ``folder`` (made first if ``create``)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder!r} is a file, not a folder"
+    if not create and not os.path.isdir(folder):
+        return f"folder {folder!r} does not exist"
     try:
         os.makedirs(folder, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
         os.close(fd)
         os.remove(probe)
     except OSError as exc:
-        return f"{folder!r} is not a writable folder ({exc.strerror or exc})"
+        return f"cannot create files in {folder!r} ({exc.strerror or exc})"
     return None
 
 
@@ -189,13 +194,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cache_dir = args.cache_dir or default_cache_dir()
-    problem = _check_writable_dir(cache_dir)
+    problem = _check_writable_dir(cache_dir, create=True)
     if problem:
         parser.error(f"--cache-dir: {problem}")
-    if args.json:
+    if args.json is not None:
+        if not args.json.strip():
+            parser.error("--json: the path is empty")
         if os.path.isdir(args.json):
             parser.error(f"--json: {args.json!r} is a folder, not a file path")
-        problem = _check_writable_dir(os.path.dirname(os.path.abspath(args.json)))
+        problem = _check_writable_dir(os.path.dirname(os.path.abspath(args.json)), create=False)
         if problem:
             parser.error(f"--json: {problem}")
     s = QUICK if args.quick else Settings()
@@ -214,7 +221,7 @@ def main(argv=None) -> int:
     print(f"\nFine-tuning on digits 5-9 (seed {args.seed}; test set of the held-out split)\n")
     print(report(records, gated, s.n_layer))
     print(f"\nTotal time {time.perf_counter() - start:.1f} s")
-    if args.json:
+    if args.json is not None:
         with open(args.json, "w") as fh:
             json.dump(records, fh, indent=2)
         print(f"Wrote {len(records)} records to {args.json}")

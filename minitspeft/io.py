@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -50,12 +51,20 @@ def load_arrays(path: str) -> tuple:
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file holds pickled objects or is not an ``.npz``.
+        ValueError: if the file is damaged (truncated, corrupted), is not an
+            ``.npz``, holds pickled objects, or its JSON side file is not valid JSON.
     """
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = None
-    if os.path.exists(path + ".json"):
-        with open(path + ".json") as fh:
-            meta = json.load(fh)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise ValueError("not an .npz archive")
+            arrays = {k: z[k] for k in z.files}
+        meta = None
+        if os.path.exists(path + ".json"):
+            with open(path + ".json") as fh:
+                meta = json.load(fh)
+    except FileNotFoundError:
+        raise
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ValueError(f"load_arrays: {path!r} is unreadable or damaged ({type(exc).__name__}: {exc})") from exc
     return arrays, meta

@@ -1,6 +1,7 @@
 """The demo: a quick smoke run, the cache, its JSON records, and one-line errors for bad options."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -42,6 +43,7 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     (["--seed", "x"], "seed must be an integer >= 0"),
     (["--json", "/proc/no/such/out.json"], "--json"),
     (["--cache-dir", "/proc/version/cache"], "--cache-dir"),
+    (["--json", ""], "--json: the path is empty"),
 ])
 def test_bad_options_give_one_line_errors(args, needle, tmp_path):
     extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path)]
@@ -55,3 +57,58 @@ def test_bad_options_give_one_line_errors(args, needle, tmp_path):
 def test_json_path_that_is_a_folder_is_refused(tmp_path):
     proc = _run("--quick", "--cache-dir", str(tmp_path), "--json", str(tmp_path))
     assert proc.returncode == 2 and "is a folder" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_json_parent_folder_is_not_created(tmp_path):
+    target = tmp_path / "missing" / "out.json"
+    proc = _run("--quick", "--cache-dir", str(tmp_path / "c"), "--json", str(target))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_cache_dir_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "plain"
+    f.write_text("x")
+    proc = _run("--quick", "--cache-dir", str(f))
+    assert proc.returncode == 2 and "is a file, not a folder" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _damage_truncate(path):
+    path.write_bytes(path.read_bytes()[:10])
+
+
+def _damage_empty(path):
+    path.write_bytes(b"")
+
+
+def _damage_flip(path):
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 8] = bytes(255 - b for b in data[mid:mid + 8])
+    path.write_bytes(bytes(data))
+
+
+def _damage_wrong_keys(path):
+    import numpy as np
+
+    np.savez(path, **{"unrelated.weight": np.zeros((2, 2))})
+
+
+def _damage_json(path):
+    pathlib.Path(str(path) + ".json").write_text("{not json")
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_empty, _damage_flip, _damage_wrong_keys, _damage_json])
+def test_damaged_cache_is_retrained_not_fatal(tmp_path, capsys, damage):
+    cache = tmp_path / "cache"
+    args = ["--quick", "--no-progress", "--cache-dir", str(cache)]
+    assert demo.main(args) == 0
+    (entry,) = cache.glob("*.npz")
+    damage(entry)
+    capsys.readouterr()
+    assert demo.main(args) == 0
+    captured = capsys.readouterr()
+    assert "Pretrained the ViT" in captured.out and "Ignoring the cached backbone" in captured.err
+    assert demo.main(args) == 0  # the entry was rewritten whole
+    assert "from the cache" in capsys.readouterr().out

@@ -146,13 +146,14 @@ class ViT(Module):
         data = images.data if isinstance(images, Tensor) else backend.asarray(images)
         if data.dtype.kind not in "fiu":
             raise ValueError(f"ViT: images must be numeric, got dtype {data.dtype}")
+        given = tuple(data.shape)
         if data.ndim == 3 and self.channels == 1:
             data = data[:, None]
         expected = (self.channels, self.image_size, self.image_size)
         if data.ndim != 4 or tuple(data.shape[1:]) != expected:
             raise ValueError(
                 f"ViT: expected images (B, {self.channels}, {self.image_size}, {self.image_size})"
-                f"{' or (B, H, W)' if self.channels == 1 else ''}, got shape {tuple(data.shape)}"
+                f"{' or (B, H, W)' if self.channels == 1 else ''}, got shape {given}"
             )
         B, C, p, g = data.shape[0], self.channels, self.patch_size, self.grid
         x = data.astype(self.patch_emb.weight.dtype, copy=False)
