@@ -1,4 +1,4 @@
-"""The transformer family: config, MLP, pre-LayerNorm block, and the ViT image classifier.
+"""The text transformer: config and presets, MLP, pre-LayerNorm block, encoder classifier and causal LM.
 
 Layout and names follow DESIGN.md (minGPT-style pre-LN blocks, GELU in tanh
 form, LayerNorm eps 1e-5), so a state dict maps one-to-one onto the same
@@ -7,15 +7,22 @@ modules written in PyTorch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..ops import broadcast_to, concat
-from ..tensor import Tensor
+from ..tensor import Tensor, no_grad
 from .attention import MultiHeadAttention
 from .layers import Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList, Parameter
+from .module import Module, ModuleList
+
+PRESETS = {
+    "nano": {"n_layer": 1, "n_head": 2, "n_embd": 32},
+    "micro": {"n_layer": 2, "n_head": 4, "n_embd": 64},
+    "mini": {"n_layer": 4, "n_head": 4, "n_embd": 128},
+}
 
 
 @dataclass
@@ -49,6 +56,21 @@ class TransformerConfig:
 
     def __post_init__(self):
         self.validate()
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TransformerConfig":
+        """A named size (``"nano"``, ``"micro"``, ``"mini"``; see ``PRESETS``) with any field overridden.
+
+        Raises:
+            ValueError: for an unknown name (the message lists the known ones).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"TransformerConfig.preset: unknown preset {name!r}; known: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def replace(self, **changes) -> "TransformerConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
 
     def validate(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
@@ -95,84 +117,112 @@ class Block(Module):
         return x + self.mlp(self.ln2(x))
 
 
-class ViT(Module):
-    """Vision transformer classifier (Dosovitskiy et al. 2021) for small images.
+class Transformer(Module):
+    """A text transformer over integer token ids: an encoder classifier or a causal language model.
 
-    Each ``patch_size x patch_size`` patch becomes a token (``patch_emb``, a
-    Linear of the flattened patch); a learned ``cls_token`` is prepended at
-    position 0; ``pos_emb`` holds one vector per position.
+    With ``config.n_classes`` set, ``forward`` pools the final states
+    (``pooling="mean"`` over tokens or ``"cls"``: the first token) and returns
+    class logits ``(B, n_classes)``. With ``n_classes=None`` it returns
+    next-token logits ``(B, T, vocab_size)`` (set ``causal=True`` for a
+    language model).
 
     Args:
-        config: ``n_classes`` must be set; ``pooling`` picks the CLS token
-            (``"cls"``) or the mean over all tokens.
-        patch_size: side of a square patch in pixels.
-        image_size: side of the square image in pixels, divisible by ``patch_size``.
-        channels: colour channels (1 for grey images).
+        config: a :class:`TransformerConfig`.
+        dtype: parameter dtype (default float32).
 
-    Forward: float images ``(B, H, W)`` (one channel) or ``(B, C, H, W)`` ->
-    logits ``(B, n_classes)``.
+    Forward: integer ids ``(B, T)`` with ``T <= block_size`` and values in
+    ``[0, vocab_size)``.
 
     Raises:
-        ValueError: for a config without ``n_classes``, sizes that do not
-            divide, or images of the wrong shape or a non-numeric dtype.
+        ValueError: for float ids, ids out of range (NumPy would silently
+            wrap a negative one), a sequence longer than ``block_size``, or
+            ids that are not 2-D.
     """
 
-    def __init__(self, config: TransformerConfig, patch_size: int = 2, image_size: int = 8,
-                 channels: int = 1, dtype=None):
+    def __init__(self, config: TransformerConfig, dtype=None):
         config.validate()
-        if config.n_classes is None:
-            raise ValueError("ViT: config.n_classes must be set for an image classifier")
-        if patch_size < 1 or image_size % patch_size:
-            raise ValueError(f"ViT: image_size {image_size} must be divisible by patch_size {patch_size}")
-        self.config = config
-        self.patch_size, self.image_size, self.channels = patch_size, image_size, channels
-        self.grid = image_size // patch_size
-        self.n_tokens = self.grid * self.grid + 1  # patches + CLS
-        c = config
-        self.patch_emb = Linear(channels * patch_size * patch_size, c.n_embd, dtype=dtype)
-        cls = backend.host_rng().normal(0.0, 0.02, size=(1, 1, c.n_embd))
-        self.cls_token = Parameter(backend.asarray(cls.astype(self.patch_emb.weight.dtype)))
-        self.pos_emb = Embedding(self.n_tokens, c.n_embd, dtype=dtype)
+        c = self.config = config
+        self.tok_emb = Embedding(c.vocab_size, c.n_embd, dtype=dtype)
+        self.pos_emb = Embedding(c.block_size, c.n_embd, dtype=dtype)
         self.drop = Dropout(c.dropout)
         self.blocks = ModuleList([Block(c, dtype=dtype) for _ in range(c.n_layer)])
         self.ln_f = LayerNorm(c.n_embd, dtype=dtype)
-        self.head = Linear(c.n_embd, c.n_classes, dtype=dtype)
+        self.head = Linear(c.n_embd, c.n_classes or c.vocab_size, dtype=dtype)
 
-    def patchify(self, images) -> Tensor:
-        """Cut images into flattened patches: ``(B, [C,] H, W)`` -> ``(B, n_patches, C * p * p)``.
+    def check_ids(self, idx):
+        """Return ``idx`` as a backend integer array after checking dtype, shape and range."""
+        data = idx.data if isinstance(idx, Tensor) else backend.asarray(idx)
+        c = self.config
+        if data.dtype.kind not in "iu":
+            raise ValueError(f"Transformer: token ids must be integers, got dtype {data.dtype}")
+        if data.ndim != 2:
+            raise ValueError(f"Transformer: token ids must be (B, T), got shape {tuple(data.shape)}")
+        if data.shape[1] > c.block_size:
+            raise ValueError(f"Transformer: sequence length {data.shape[1]} exceeds block_size {c.block_size}")
+        if data.size and (int(data.min()) < 0 or int(data.max()) >= c.vocab_size):
+            raise ValueError(f"Transformer: token ids must be in [0, {c.vocab_size}), "
+                             f"got min {int(data.min())} and max {int(data.max())}")
+        return data
 
-        Patches are ordered row by row, so token ``1 + i * grid + j`` is patch ``(i, j)``.
-        """
-        data = images.data if isinstance(images, Tensor) else backend.asarray(images)
-        if data.dtype.kind not in "fiu":
-            raise ValueError(f"ViT: images must be numeric, got dtype {data.dtype}")
-        given = tuple(data.shape)
-        if data.ndim == 3 and self.channels == 1:
-            data = data[:, None]
-        expected = (self.channels, self.image_size, self.image_size)
-        if data.ndim != 4 or tuple(data.shape[1:]) != expected:
-            raise ValueError(
-                f"ViT: expected images (B, {self.channels}, {self.image_size}, {self.image_size})"
-                f"{' or (B, H, W)' if self.channels == 1 else ''}, got shape {given}"
-            )
-        B, C, p, g = data.shape[0], self.channels, self.patch_size, self.grid
-        x = data.astype(self.patch_emb.weight.dtype, copy=False)
-        x = x.reshape(B, C, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)  # (B, g, g, C, p, p)
-        return Tensor(x.reshape(B, g * g, C * p * p))  # (B, n_patches, C*p*p)
-
-    def features(self, images) -> Tensor:
-        """Token states after the final LayerNorm: ``(B, n_tokens, n_embd)``."""
-        patches = self.patchify(images)
-        B = patches.shape[0]
-        tok = self.patch_emb(patches)  # (B, n_patches, n_embd)
-        cls = broadcast_to(self.cls_token, (B, 1, self.config.n_embd))
-        x = concat([cls, tok], axis=1) + self.pos_emb.weight  # (B, n_tokens, n_embd)
+    def features(self, idx) -> Tensor:
+        """Token states after the final LayerNorm: ``(B, T, n_embd)``."""
+        ids = self.check_ids(idx)
+        T = ids.shape[1]
+        x = self.tok_emb(ids) + self.pos_emb.weight[:T]  # (B, T, n_embd)
         x = self.drop(x)
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
 
-    def forward(self, images) -> Tensor:
-        x = self.features(images)
+    def forward(self, idx) -> Tensor:
+        x = self.features(idx)
+        if self.config.n_classes is None:
+            return self.head(x)  # (B, T, vocab_size)
         pooled = x[:, 0] if self.config.pooling == "cls" else x.mean(axis=1)  # (B, n_embd)
-        return self.head(pooled)
+        return self.head(pooled)  # (B, n_classes)
+
+    @no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None) -> np.ndarray:
+        """Extend ``idx`` ``(B, T)`` by sampling ``max_new_tokens`` tokens, one at a time (as minGPT does).
+
+        Args:
+            idx: integer ids ``(B, T)``, ``T >= 1``.
+            max_new_tokens: tokens to add (>= 0).
+            temperature: divides the logits (> 0); 0 is not allowed, use ``top_k=1`` for greedy.
+            top_k: sample only among the ``top_k`` most likely tokens (None: all).
+            seed: seed of the sampler (host NumPy generator); None draws a fresh one.
+
+        Returns:
+            A host int64 array ``(B, T + max_new_tokens)``. The context is
+            cropped to the last ``block_size`` tokens at each step.
+
+        Raises:
+            ValueError: for a model that is not a causal language model, or bad arguments.
+        """
+        c = self.config
+        if c.n_classes is not None or not c.causal:
+            raise ValueError("generate: needs a causal language model (causal=True, n_classes=None)")
+        if max_new_tokens < 0 or not temperature > 0 or (top_k is not None and not 1 <= top_k <= c.vocab_size):
+            raise ValueError(f"generate: invalid max_new_tokens={max_new_tokens}, temperature={temperature}, "
+                             f"top_k={top_k} (vocab_size {c.vocab_size})")
+        out = backend.to_numpy(self.check_ids(idx)).astype(np.int64)
+        if out.shape[1] == 0:
+            raise ValueError("generate: idx must hold at least one token per row")
+        rng = np.random.default_rng(seed)
+        was_training = self.training
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                logits = backend.to_numpy(self(out[:, -c.block_size:]).data[:, -1]).astype(np.float64)
+                logits /= temperature
+                if top_k is not None:
+                    kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+                    logits = np.where(logits < kth, -np.inf, logits)
+                p = np.exp(logits - logits.max(axis=-1, keepdims=True))
+                p /= p.sum(axis=-1, keepdims=True)
+                nxt = np.array([rng.choice(c.vocab_size, p=row) for row in p])
+                out = np.concatenate([out, nxt[:, None]], axis=1)
+        finally:
+            self.train(was_training)
+        return out
