@@ -116,6 +116,25 @@ def manual_seed(seed: int) -> None:
     _host_rng = numpy.random.default_rng(int(seed))
 
 
+def get_rng_state() -> dict:
+    """The host generator's state as a JSON-able dict (for checkpoints)."""
+    return _host_rng.bit_generator.state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a state from :func:`get_rng_state`.
+
+    Raises:
+        ValueError: if the state is not a PCG64 state.
+    """
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ValueError("set_rng_state: expected a PCG64 state dict from get_rng_state()")
+    rng = numpy.random.default_rng()
+    rng.bit_generator.state = state
+    global _host_rng
+    _host_rng = rng
+
+
 def host_rng() -> numpy.random.Generator:
     """Return the host NumPy generator seeded by :func:`manual_seed`."""
     return _host_rng

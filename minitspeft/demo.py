@@ -33,7 +33,7 @@ from .viz import format_table, heatmap
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when pretraining changes
 
 
 @dataclass(frozen=True)

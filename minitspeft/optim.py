@@ -52,12 +52,101 @@ class Optimizer:
             for p in group["params"]:
                 p.grad = None
 
+    def parameters(self) -> list:
+        """Every parameter of every group, in order (the order :meth:`state_dict` numbers them in)."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self) -> tuple:
+        """``(arrays, meta)``: per-parameter state arrays named ``"{index}.{key}"`` and a JSON-able dict
+        with the groups' settings and the per-parameter step counts."""
+        arrays, steps = {}, {}
+        for i, p in enumerate(self.parameters()):
+            st = self.state.get(id(p))
+            if st is None:
+                continue
+            for key, value in st.items():
+                if key == "step":
+                    steps[str(i)] = value
+                else:
+                    arrays[f"{i}.{key}"] = value
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
+        for g in groups:
+            if "betas" in g:
+                g["betas"] = list(g["betas"])
+        return arrays, {"groups": groups, "steps": steps}
+
+    def load_state_dict(self, arrays: dict, meta: dict) -> None:
+        """Restore what :meth:`state_dict` returned, for the same parameters in the same order.
+
+        Raises:
+            ValueError: if the group count, an index, or a state array's shape does not match;
+                nothing is changed when it is raised.
+        """
+        params = self.parameters()
+        if len(meta["groups"]) != len(self.param_groups):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: {len(meta['groups'])} groups saved, "
+                             f"{len(self.param_groups)} present")
+        state: dict = {}
+        for name, value in arrays.items():
+            idx, _, key = name.partition(".")
+            if not idx.isdigit() or int(idx) >= len(params) or tuple(value.shape) != params[int(idx)].shape:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: state {name!r} does not fit the parameters")
+            p = params[int(idx)]
+            state.setdefault(id(p), {})[key] = backend.asarray(value, dtype=p.dtype).copy()
+        for idx, step in meta["steps"].items():
+            state.setdefault(id(params[int(idx)]), {})["step"] = int(step)
+        for group, saved in zip(self.param_groups, meta["groups"], strict=True):
+            group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
+        self.state = state
+
     def _project(self, p: Parameter) -> None:
         if p.lower_bound is not None:
             p.data = backend.xp.maximum(p.data, p.dtype.type(p.lower_bound))
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
+
+    As ``torch.optim.SGD``: ``d = g + weight_decay * p``; with momentum,
+    ``buf = momentum * buf + (1 - dampening) * d`` (``buf = d`` on the first
+    step) and ``d = d + momentum * buf`` (Nesterov) or ``d = buf``; then
+    ``p <- p - lr * d`` (Sutskever et al. 2013).
+
+    Raises:
+        ValueError: for negative settings, or Nesterov without momentum or with dampening.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        if lr < 0 or momentum < 0 or weight_decay < 0 or dampening < 0:
+            raise ValueError(f"SGD: invalid settings lr={lr}, momentum={momentum}, dampening={dampening}, "
+                             f"weight_decay={weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                                      nesterov=nesterov))
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient, then apply lower bounds."""
+        for group in self.param_groups:
+            lr, mu, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None or not p.requires_grad:
+                    continue
+                d = p.grad + wd * p.data if wd else p.grad
+                if mu:
+                    st = self.state.get(id(p))
+                    if st is None:
+                        st = self.state[id(p)] = {"step": 0, "momentum_buffer": d.copy()}
+                    else:
+                        st["momentum_buffer"] = mu * st["momentum_buffer"] + (1 - damp) * d
+                    st["step"] += 1
+                    d = d + mu * st["momentum_buffer"] if group["nesterov"] else st["momentum_buffer"]
+                p.data = p.data - lr * d
+                self._project(p)
 
 
 class AdamW(Optimizer):

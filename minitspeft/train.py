@@ -1,4 +1,4 @@
-"""Training and evaluation loops for classifiers, with tqdm progress bars.
+"""Training and evaluation loops, with tqdm progress bars, checkpoints and exact resume.
 
 ``fit`` runs AdamW with a warm-up-then-cosine learning rate, adds the gate's
 sparsity regulariser when the model is a gated :class:`PeftModel`, keeps the
@@ -9,6 +9,7 @@ and stops with a clear error if the loss stops being finite.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 from . import backend
 from . import functional as F
 from .nn.module import Module
-from .optim import AdamW, set_lr_factor, warmup_cosine
+from .io import load_arrays, save_arrays
+from .optim import AdamW, clip_grad_norm, set_lr_factor, warmup_cosine
 from .peft.model import PeftModel
 from .tensor import no_grad
 
@@ -38,41 +40,96 @@ class FitResult:
     seconds: float = 0.0
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator):
-    """Endless shuffled mini-batch index arrays, a fresh permutation each epoch."""
-    while True:
-        perm = rng.permutation(n)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield perm[i:i + batch_size]
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of the mini-batch at ``step``: epoch ``e`` uses its own seeded permutation of ``range(n)``.
+
+    A pure function of its arguments, so a resumed run sees exactly the batches
+    the uninterrupted run would have seen. The last partial batch of an epoch is dropped.
+    """
+    batch_size = min(batch_size, n)
+    epoch, i = divmod(step, n // batch_size)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[i * batch_size:(i + 1) * batch_size]
+
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def save_checkpoint(folder: str, model: Module, opt, step: int, history: list, fingerprint: dict) -> str:
+    """Write model, optimiser and RNG state after ``step`` steps to ``folder/checkpoint.npz`` (+ ``.json``),
+    atomically; return the path."""
+    os.makedirs(folder, exist_ok=True)
+    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt_arrays, opt_meta = opt.state_dict()
+    arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
+    meta = {"step": step, "history": history, "rng": backend.get_rng_state(), "optim": opt_meta,
+            "fingerprint": fingerprint}
+    path = os.path.join(folder, CHECKPOINT)
+    save_arrays(path, arrays, meta)
+    return path
+
+
+def _load_checkpoint(folder: str, model: Module, opt, fingerprint: dict) -> tuple:
+    """Restore a checkpoint written by :func:`save_checkpoint`; return ``(step, history)``.
+
+    Raises:
+        ValueError: if it was written by a run with other settings, or does not
+            fit the model or optimiser; the model is left as it was.
+    """
+    arrays, meta = load_arrays(os.path.join(folder, CHECKPOINT))
+    if meta is None or meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"fit: the checkpoint in {folder!r} was written by a run with other settings "
+                         f"({None if meta is None else meta.get('fingerprint')} != {fingerprint})")
+    before = model.state_dict()
+    model.load_state_dict({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")})
+    try:
+        opt.load_state_dict({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
+                            meta["optim"])
+        backend.set_rng_state(meta["rng"])
+    except (ValueError, KeyError) as exc:
+        model.load_state_dict(before)
+        raise ValueError(f"fit: the checkpoint in {folder!r} does not fit this model/optimiser: {exc}") from exc
+    return int(meta["step"]), list(meta["history"])
 
 
 def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0,
-        warmup_steps: int = 0, seed: int = 0, desc: str = "train", progress: bool = True) -> FitResult:
-    """Train a classifier with cross-entropy (plus the gate regulariser for gated models).
+        warmup_steps: int = 0, seed: int = 0, desc: str = "train", progress: bool = True,
+        max_grad_norm: float | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+        resume: bool = False) -> FitResult:
+    """Train with AdamW on cross-entropy (plus the gate regulariser for gated models).
 
     Args:
-        model: a Module or :class:`PeftModel` mapping a batch of ``x`` to logits ``(B, n_classes)``.
-        x: host array ``(N, ...)`` of inputs; y: integer ``(N,)`` labels.
+        model: a Module or :class:`PeftModel` mapping a batch of ``x`` to logits
+            ``(B, n_classes)``, or ``(B, T, vocab)`` for targets ``(B, T)``.
+        x: host array ``(N, ...)`` of inputs; y: integer labels ``(N,)`` or ``(N, T)``.
         steps: optimiser steps (>= 1).
         batch_size: examples per step (>= 1).
         lr: peak learning rate; weight_decay: AdamW decoupled decay.
         warmup_steps: linear learning-rate warm-up before the cosine decay.
         seed: seeds batch order and dropout (>= 0).
         desc: label of the progress bar; progress: show the bar.
+        max_grad_norm: clip the gradients' joint norm to this (None: no clipping).
+        checkpoint_dir: folder for ``checkpoint.npz``, written every
+            ``checkpoint_every`` steps (0: only at the end) when given.
+        resume: continue from the checkpoint in ``checkpoint_dir`` if there is
+            one; the resumed run ends bit-for-bit where the uninterrupted run ends.
 
     Returns:
-        A :class:`FitResult`.
+        A :class:`FitResult` (its history includes the steps before a resume).
 
     Raises:
-        ValueError: for mismatched ``x``/``y`` lengths or non-positive sizes.
+        ValueError: for mismatched ``x``/``y`` lengths, non-positive sizes, or a
+            checkpoint from other settings (nothing is changed then).
         FloatingPointError: naming the step at which the loss became NaN or infinite.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"fit: x has {len(x)} examples and y has {len(y)}; they must match and be non-empty")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"fit: steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if steps < 1 or batch_size < 1 or checkpoint_every < 0:
+        raise ValueError(f"fit: steps and batch_size must be >= 1 and checkpoint_every >= 0, "
+                         f"got {steps}, {batch_size} and {checkpoint_every}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs a checkpoint_dir")
     backend.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     peft = model if isinstance(model, PeftModel) else None
     gated = peft is not None and peft.gate_config is not None
     gate_warmup = peft.gate_config.warmup_steps if gated else 0
@@ -80,11 +137,15 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
         opt = AdamW(peft.optimizer_groups(lr, weight_decay), lr=lr, weight_decay=weight_decay)
     else:
         opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
-    result = FitResult()
-    batches = _batches(len(x), min(batch_size, len(x)), rng)
+    fingerprint = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                   "warmup_steps": warmup_steps, "seed": seed, "n": len(x), "max_grad_norm": max_grad_norm}
+    result, first = FitResult(), 0
+    if resume and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
+        first, result.history = _load_checkpoint(checkpoint_dir, model, opt, fingerprint)
     model.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(first, steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
+               initial=first, total=steps)
     for step in bar:
         set_lr_factor(opt, warmup_cosine(step, steps, warmup_steps))
         gates_on = gated and step >= gate_warmup
@@ -92,7 +153,7 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             for group in opt.param_groups:
                 if group.get("name") == "tau":
                     group["lr"] = 0.0
-        idx = next(batches)
+        idx = batch_indices(step, len(x), batch_size, seed)
         xb, yb = x[idx], backend.asarray(y[idx])
         logits = model(xb)
         ce = F.cross_entropy(logits, yb)
@@ -103,6 +164,8 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             raise FloatingPointError(f"fit: loss became {value} at step {step} ({desc}); lower lr or check inputs")
         opt.zero_grad()
         loss.backward()
+        if max_grad_norm is not None:
+            clip_grad_norm(opt.parameters(), max_grad_norm)
         opt.step()
         acc = float((logits.data.argmax(axis=-1) == yb).mean())
         record = {"step": step, "loss": float(ce.data), "acc": acc}
@@ -114,6 +177,9 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             postfix["density"] = f"{record['density']:.2f}"
         result.history.append(record)
         bar.set_postfix(postfix, refresh=False)
+        done = step + 1
+        if checkpoint_dir is not None and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
+            save_checkpoint(checkpoint_dir, model, opt, done, result.history, fingerprint)
     bar.close()
     result.seconds = time.perf_counter() - start
     return result

@@ -1,6 +1,6 @@
 """Hypothesis profiles for the property tests (``tests/test_properties.py``).
 
-- ``dev`` (the default on a workstation): 50 examples per test.
+- ``dev`` (the default on a workstation): 100 examples per test.
 - ``ci``: 12 examples per test, derandomized so that a CI run is
   reproducible, and no example database written.
 
@@ -19,7 +19,7 @@ import os
 
 from hypothesis import settings
 
-settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True, database=None,
                           print_blob=True)
 

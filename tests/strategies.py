@@ -124,9 +124,19 @@ def magnitudes(lo: float = 0.05, hi: float = 3.0):
 
 
 def away_from(points, lo: float = -3.0, hi: float = 3.0, margin: float = 0.05):
-    """Floats in ``[lo, hi]`` at least ``margin`` from every one of ``points``."""
-    points = tuple(p for p in points if p is not None)
-    return reals(lo, hi).filter(lambda x: all(abs(x - p) >= margin for p in points))
+    """Floats in ``[lo, hi]`` at least ``margin`` from every one of ``points`` (None entries ignored).
+
+    Drawn from the allowed intervals directly (no filter, so nothing is rejected).
+    """
+    edges = sorted(p for p in points if p is not None)
+    intervals, start = [], lo
+    for p in edges:
+        intervals.append((start, p - margin))
+        start = max(start, p + margin)
+    intervals.append((start, hi))
+    parts = [reals(a, b) for a, b in intervals if a <= b]
+    assert parts, f"no values in [{lo}, {hi}] are {margin} away from {edges}"
+    return st.one_of(parts)
 
 
 def grid(lo: int = -15, hi: int = 15, spacing: float = 0.2, offset: float = 0.0):
@@ -147,7 +157,7 @@ def with_layout(a: np.ndarray, layout: str) -> np.ndarray:
     ``reversed``: a negative-stride view of a reversed copy.
     """
     if a.ndim == 0 or layout == "contiguous":
-        out = np.ascontiguousarray(a)
+        out = np.array(a, dtype=np.float64, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
     elif layout == "fortran":
         out = np.ascontiguousarray(a.T).T
     elif layout == "strided":

@@ -8,5 +8,5 @@ from .vit import ViT
 
 __all__ = [
     "Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout",
-    "MultiHeadAttention", "MLP", "Block", "TransformerConfig", "ViT",
+    "MultiHeadAttention", "MLP", "Block", "TransformerConfig", "Transformer", "ViT",
 ]

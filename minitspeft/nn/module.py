@@ -158,6 +158,29 @@ class Module:
             if k in state:
                 p.data = backend.asarray(state[k], dtype=p.dtype).copy()
 
+    def to(self, dtype) -> "Module":
+        """Cast every floating parameter to ``dtype`` (float32 or float64) in place; gradients are dropped.
+
+        Raises:
+            ValueError: for a dtype that is not float32 or float64.
+        """
+        dt = backend.xp.dtype(dtype)
+        if dt not in (backend.xp.float32, backend.xp.float64):
+            raise ValueError(f"Module.to: expected float32 or float64, got {dt}")
+        for p in self.parameters():
+            if p.dtype.kind == "f":
+                p.data = p.data.astype(dt)
+                p.grad = None
+        return self
+
+    def double(self) -> "Module":
+        """``to(float64)``: for gradient checks."""
+        return self.to("float64")
+
+    def float(self) -> "Module":
+        """``to(float32)``: the training default."""
+        return self.to("float32")
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Count parameter elements (only trainable ones if asked)."""
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)

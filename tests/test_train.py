@@ -1,0 +1,174 @@
+"""fit: exact resume, checkpoints that never half-write, NaN stops; SGD and optimiser state."""
+
+import numpy as np
+import pytest
+
+import minitspeft as mt
+from minitspeft import nn
+from minitspeft.optim import SGD, AdamW, clip_grad_norm
+from minitspeft.peft import GateConfig, LoraConfig, get_peft_model
+from minitspeft.train import CHECKPOINT, batch_indices, evaluate, fit
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=n)
+    x = rng.uniform(0, 0.3, size=(n, 4, 4)).astype(np.float32)
+    for i, c in enumerate(y):
+        x[i, c] += 0.7
+    return x, y
+
+
+def _model(gated=False, dropout=0.1):
+    mt.manual_seed(0)
+    cfg = nn.TransformerConfig(n_layer=1, n_head=2, n_embd=16, n_classes=3, pooling="cls", dropout=dropout)
+    model = nn.ViT(cfg, patch_size=2, image_size=4)
+    if gated:
+        return get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "fc1"], modules_to_save=["head"]),
+                              gate=GateConfig(sparsity_weight=0.05, tau_lr=0.01, warmup_steps=3))
+    return model
+
+
+KW = dict(steps=12, batch_size=8, lr=1e-2, warmup_steps=2, seed=3, progress=False)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_resume_ends_bit_for_bit_where_the_uninterrupted_run_ends(tmp_path, gated):
+    x, y = _data()
+    ref = _model(gated)
+    full = fit(ref, x, y, **KW)
+
+    first = _model(gated)
+    fit(first, x, y, **{**KW, "steps": 12}, checkpoint_dir=str(tmp_path), checkpoint_every=5)
+    # simulate a crash after step 5: keep the step-5 checkpoint by rerunning to it in a fresh folder
+    part = tmp_path / "part"
+    interrupted = _model(gated)
+    with pytest.raises(KeyboardInterrupt):
+        _fit_until(interrupted, x, y, str(part), stop_after=5)
+    resumed = _model(gated)
+    out = fit(resumed, x, y, **KW, checkpoint_dir=str(part), resume=True)
+    for (name, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert [h["loss"] for h in out.history] == [h["loss"] for h in full.history]
+    for a, b in zip(first.state_dict().values(), ref.state_dict().values(), strict=True):
+        np.testing.assert_array_equal(a, b)  # checkpointing itself changes nothing
+
+
+def _fit_until(model, x, y, folder, stop_after):
+    """Run fit with checkpoints every step and interrupt it after ``stop_after`` steps."""
+    import minitspeft.train as train
+
+    real = train.save_checkpoint
+
+    def save_then_maybe_stop(folder_, model_, opt, step, history, fingerprint):
+        real(folder_, model_, opt, step, history, fingerprint)
+        if step == stop_after:
+            raise KeyboardInterrupt
+
+    train.save_checkpoint = save_then_maybe_stop
+    try:
+        fit(model, x, y, **KW, checkpoint_dir=folder, checkpoint_every=1)
+    finally:
+        train.save_checkpoint = real
+
+
+def test_checkpoint_from_other_settings_is_refused_and_changes_nothing(tmp_path):
+    x, y = _data()
+    fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    model = _model()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="other settings"):
+        fit(model, x, y, **{**KW, "lr": 5e-3}, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path):
+    x, y = _data()
+    fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(path.read_bytes()[:100])
+    model = _model()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match="damaged"):
+        fit(model, x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_checkpoint_files_hold_no_pickles_and_no_temporaries(tmp_path):
+    x, y = _data()
+    fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path), checkpoint_every=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, CHECKPOINT + ".json"]
+    with np.load(tmp_path / CHECKPOINT, allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+
+
+def test_nan_loss_stops_naming_the_step():
+    x, y = _data()
+    x = x.copy()
+    x[np.arange(len(x)) == 5] = np.nan  # one poisoned example
+    with pytest.raises(FloatingPointError, match=r"at step \d+"):
+        fit(_model(dropout=0.0), x, y, **KW)
+
+
+def test_fit_is_deterministic_and_learns():
+    x, y = _data(60)
+    a, b = _model(dropout=0.0), _model(dropout=0.0)
+    ra = fit(a, x, y, **{**KW, "steps": 40})
+    rb = fit(b, x, y, **{**KW, "steps": 40})
+    assert [h["loss"] for h in ra.history] == [h["loss"] for h in rb.history]
+    assert evaluate(a, x, y) > 0.9
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = np.concatenate([batch_indices(s, 20, 5, seed=1) for s in range(4)])
+    assert sorted(seen) == list(range(20))
+    assert not np.array_equal(batch_indices(0, 20, 5, 1), batch_indices(4, 20, 5, 1))  # a new epoch reshuffles
+    np.testing.assert_array_equal(batch_indices(7, 20, 5, 1), batch_indices(7, 20, 5, 1))
+
+
+@pytest.mark.parametrize("nesterov,dampening,wd", [(False, 0.0, 0.0), (False, 0.3, 0.1), (True, 0.0, 0.05)])
+def test_sgd_follows_the_written_update(nesterov, dampening, wd):
+    p = nn.Parameter(np.array([1.0, -2.0, 0.5]))
+    opt = SGD([p], lr=0.1, momentum=0.9, dampening=dampening, weight_decay=wd, nesterov=nesterov)
+    x, buf = p.data.copy(), None
+    for g in np.random.default_rng(0).normal(size=(4, 3)):
+        p.grad = g
+        opt.step()
+        d = g + wd * x
+        buf = d.copy() if buf is None else 0.9 * buf + (1 - dampening) * d
+        x = x - 0.1 * (d + 0.9 * buf if nesterov else buf)
+        np.testing.assert_allclose(p.data, x, rtol=1e-14)
+
+
+def test_sgd_rejects_bad_nesterov():
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGD([nn.Parameter(np.zeros(1))], momentum=0.0, nesterov=True)
+
+
+def test_optimizer_state_round_trip_continues_identically():
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(6, 2, 3))
+    a = nn.Parameter(np.ones((2, 3)))
+    b = nn.Parameter(np.ones((2, 3)))
+    opt_a = AdamW([a], lr=0.05)
+    for g in grads[:3]:
+        a.grad = g
+        opt_a.step()
+    arrays, meta = opt_a.state_dict()
+    b.data = a.data.copy()
+    opt_b = AdamW([b], lr=0.05)
+    opt_b.load_state_dict(arrays, meta)
+    for g in grads[3:]:
+        a.grad, b.grad = g, g.copy()
+        opt_a.step()
+        opt_b.step()
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_clip_grad_norm():
+    p, q = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    p.grad, q.grad = np.array([3.0, 0.0]), np.array([4.0])
+    assert clip_grad_norm([p, q], 1.0) == pytest.approx(5.0)
+    assert np.sqrt((p.grad ** 2).sum() + (q.grad ** 2).sum()) == pytest.approx(1.0, rel=1e-5)
