@@ -56,3 +56,16 @@ def test_readme_demo_command_meets_its_promise(tmp_path):
     assert ts_acc >= dense_acc - 0.03
     assert ts_density <= 0.8
     assert (tmp_path / "minitspeft").is_dir()  # the backbone went to the user cache
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_readme_python_examples_run(index, tmp_path):
+    code = _python_blocks()[index]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    if "generate(" in code:
+        assert "[[3 4 5 6 0 1 2 3 4]]" in proc.stdout  # the output the README promises
