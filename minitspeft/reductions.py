@@ -94,9 +94,10 @@ def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Te
         ValueError: if ``count - correction`` is not positive.
     """
     axes = normalize_axes("var", axis, x.ndim)
-    denom = _count(x.shape, axes) - correction
+    count = _count(x.shape, axes)
+    denom = count - correction
     if denom <= 0:
-        raise ValueError(f"var: {_count(x.shape, axes)} elements with correction {correction} leave no degrees of freedom")
+        raise ValueError(f"var: {count} elements with correction {correction} leave no degrees of freedom")
     centred = x.data - x.data.mean(axis=axes, keepdims=True)
     out = (centred * centred).sum(axis=axes, keepdims=keepdims) / x.dtype.type(denom)
 

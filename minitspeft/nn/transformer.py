@@ -117,7 +117,26 @@ class Block(Module):
         return x + self.mlp(self.ln2(x))
 
 
-class Transformer(Module):
+class _Trunk(Module):
+    """What every model here shares after its embeddings: dropout, the blocks, the final LayerNorm, the head.
+
+    Subclasses set ``config``, ``drop``, ``blocks``, ``ln_f`` and ``head``.
+    """
+
+    def run_blocks(self, x: Tensor) -> Tensor:
+        """Embedded tokens ``(B, T, n_embd)`` -> final states ``(B, T, n_embd)``."""
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Pool final states ``(B, T, n_embd)`` (first token or mean) and apply the head: ``(B, n_classes)``."""
+        pooled = x[:, 0] if self.config.pooling == "cls" else x.mean(axis=1)  # (B, n_embd)
+        return self.head(pooled)
+
+
+class Transformer(_Trunk):
     """A text transformer over integer token ids: an encoder classifier or a causal language model.
 
     With ``config.n_classes`` set, ``forward`` pools the final states
@@ -168,18 +187,13 @@ class Transformer(Module):
         """Token states after the final LayerNorm: ``(B, T, n_embd)``."""
         ids = self.check_ids(idx)
         T = ids.shape[1]
-        x = self.tok_emb(ids) + self.pos_emb.weight[:T]  # (B, T, n_embd)
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_f(x)
+        return self.run_blocks(self.tok_emb(ids) + self.pos_emb.weight[:T])  # (B, T, n_embd)
 
     def forward(self, idx) -> Tensor:
         x = self.features(idx)
         if self.config.n_classes is None:
             return self.head(x)  # (B, T, vocab_size)
-        pooled = x[:, 0] if self.config.pooling == "cls" else x.mean(axis=1)  # (B, n_embd)
-        return self.head(pooled)  # (B, n_classes)
+        return self.classify(x)  # (B, n_classes)
 
     @no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -6,11 +6,11 @@ from .. import backend
 from ..ops import broadcast_to, concat
 from ..tensor import Tensor
 from .layers import Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList, Parameter
-from .transformer import Block, TransformerConfig
+from .module import ModuleList, Parameter
+from .transformer import Block, TransformerConfig, _Trunk
 
 
-class ViT(Module):
+class ViT(_Trunk):
     """Vision transformer classifier (Dosovitskiy et al. 2021) for small images.
 
     Each ``patch_size x patch_size`` patch becomes a token (``patch_emb``, a
@@ -81,13 +81,7 @@ class ViT(Module):
         B = patches.shape[0]
         tok = self.patch_emb(patches)  # (B, n_patches, n_embd)
         cls = broadcast_to(self.cls_token, (B, 1, self.config.n_embd))
-        x = concat([cls, tok], axis=1) + self.pos_emb.weight  # (B, n_tokens, n_embd)
-        x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
-        return self.ln_f(x)
+        return self.run_blocks(concat([cls, tok], axis=1) + self.pos_emb.weight)  # (B, n_tokens, n_embd)
 
     def forward(self, images) -> Tensor:
-        x = self.features(images)
-        pooled = x[:, 0] if self.config.pooling == "cls" else x.mean(axis=1)  # (B, n_embd)
-        return self.head(pooled)
+        return self.classify(self.features(images))  # (B, n_classes)
