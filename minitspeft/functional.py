@@ -59,7 +59,8 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
         logits: float Tensor ``(N, C)`` or ``(..., C)``.
         targets: integer array or Tensor with the leading shape of ``logits``
             (``(N,)`` or ``(...)``), values in ``[0, C)`` or ``ignore_index``.
-        reduction: ``"mean"`` (over non-ignored targets), ``"sum"`` or ``"none"``.
+        reduction: ``"mean"`` (over non-ignored targets; 0 when every target
+            is ignored, where PyTorch gives NaN), ``"sum"`` or ``"none"``.
         ignore_index: a target value that contributes no loss and no gradient.
         label_smoothing: ``eps`` in ``[0, 1)``: the target distribution becomes
             ``(1 - eps) onehot + eps / C`` (as in PyTorch).

@@ -31,19 +31,36 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
-def save_arrays(path: str, arrays: dict, meta: dict | None = None) -> None:
-    """Write ``arrays`` (name -> NumPy or CuPy array) to ``path`` (``.npz``) and ``meta`` to ``path + ".json"``.
+def save_npz(path: str, arrays: dict) -> None:
+    """Write ``arrays`` (name -> NumPy or CuPy array) to ``path`` as an uncompressed ``.npz``, atomically.
 
-    Both files are written atomically; the JSON goes last, so its presence
-    means the arrays are complete.
+    Raises:
+        OSError: if the folder is missing or not writable (nothing is left behind).
+        ValueError: for an array of Python objects (it would need pickle).
+    """
+    host = {k: to_numpy(v) for k, v in arrays.items()}
+    for k, v in host.items():
+        if v.dtype == object:
+            raise ValueError(f"save_npz: array {k!r} holds Python objects; only numeric arrays are saved")
+    _atomic_write(path, lambda fh: np.savez(fh, **host))
+
+
+def save_json(path: str, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path``, atomically."""
+    _atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=True).encode()))
+
+
+def save_arrays(path: str, arrays: dict, meta: dict | None = None) -> None:
+    """Write ``arrays`` to ``path`` (``.npz``) and ``meta`` to ``path + ".json"``, each atomically.
+
+    The JSON goes last, so its presence means the arrays are complete.
 
     Raises:
         OSError: if the folder is missing or not writable (nothing is left behind).
     """
-    host = {k: to_numpy(v) for k, v in arrays.items()}
-    _atomic_write(path, lambda fh: np.savez(fh, **host))
+    save_npz(path, arrays)
     if meta is not None:
-        _atomic_write(path + ".json", lambda fh: fh.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
+        save_json(path + ".json", meta)
 
 
 def load_arrays(path: str) -> tuple:

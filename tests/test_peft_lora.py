@@ -40,7 +40,7 @@ def test_wrapping_names_freezing_and_counts(capsys):
     assert names["base_model.blocks.0.attn.q_proj.lora_B.weight"].shape == (16, 4)
     assert names["base_model.blocks.1.mlp.fc1.gate.tau"].shape == ()
     trainable = {n for n, p in names.items() if p.requires_grad}
-    expected = {n for n in names if ".lora_" in n or n.endswith(".tau") or n.startswith("base_model.head.")}
+    expected = {n for n in names if ".lora_" in n or n.endswith(".tau") or n.startswith("base_model.head.modules_to_save.")}
     assert trainable == expected
     n_train = sum(p.size for n, p in names.items() if n in expected)
     n_all = sum(p.size for p in names.values())
@@ -136,7 +136,9 @@ def test_target_density_loss():
 
 
 @pytest.mark.parametrize("field,value", [("r", 0), ("r", 2.5), ("lora_alpha", 0), ("lora_dropout", 1.0),
-                                         ("target_modules", []), ("bias", "some"), ("use_dora", True)])
+                                         ("target_modules", []), ("bias", "some"), ("use_dora", "yes"),
+                                         ("init_lora_weights", "uniform"), ("target_modules", "("),
+                                         ("modules_to_save", "head")])
 def test_lora_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         LoraConfig(**{field: value})

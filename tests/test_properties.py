@@ -591,3 +591,89 @@ def test_embedding(data, n, dim, ids_shape, ids_as_tensor, seed):
     w = data.draw(float_arrays((n, dim)), label="weight")
     i = Tensor(ids) if ids_as_tensor else ids
     check_vjp(lambda t: F.embedding(i, t), lambda a: a[ids], w, seed=seed)
+
+
+# ------------------------------------------------------------ pinned cases
+# Structural corner cases that a dozen random examples (the ``ci`` profile) may not
+# reach, checked with the same two oracles on every run: permutations that are not
+# their own inverse, reductions over non-leading axis subsets, logits in Fortran
+# order with 3 dims, every matmul form, and the like.
+
+
+def _normal(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _distinct(shape, seed):
+    n = math.prod(shape)
+    return np.random.default_rng(seed).permutation(n).reshape(shape) * 0.1 - 1.0
+
+
+_CE_TARGETS = np.array([[0, 3, -100], [2, 2, 1]])
+
+PINNED = {
+    # name: (minitspeft function, autograd.numpy function, inputs)
+    "transpose_3_cycle": (lambda t: ops.transpose(t, (1, 2, 0)), lambda a: anp.transpose(a, (1, 2, 0)),
+                          [_normal((2, 3, 4), 0)]),
+    "transpose_3_cycle_negative_axes": (lambda t: t.transpose(-1, 0, 1), lambda a: anp.transpose(a, (2, 0, 1)),
+                                        [_normal((2, 3, 4), 1)]),
+    "sum_axes_0_2": (lambda t: t.sum((0, 2)), lambda a: anp.sum(a, axis=(0, 2)), [_normal((2, 3, 4), 2)]),
+    "sum_axes_1_2_square": (lambda t: t.sum((2, 1)), lambda a: anp.sum(a, axis=(1, 2)), [_normal((2, 3, 3), 3)]),
+    "mean_axes_0_2_negative": (lambda t: t.mean((-1, 0)), lambda a: anp.mean(a, axis=(0, 2)),
+                               [_normal((3, 2, 3), 4)]),
+    "max_axes_0_2": (lambda t: t.max((0, 2)), lambda a: anp.max(a, axis=(0, 2)), [_distinct((2, 3, 4), 5)]),
+    "min_axes_1_2_square": (lambda t: t.min((1, 2)), lambda a: anp.min(a, axis=(1, 2)), [_distinct((2, 3, 3), 6)]),
+    "var_axes_1_2_unbiased": (lambda t: t.var((1, 2), correction=1), lambda a: anp.var(a, axis=(1, 2), ddof=1),
+                              [_normal((2, 3, 3), 7)]),
+    "norm_axes_0_2": (lambda t: t.norm((0, 2)), lambda a: _norm_ref(a, (0, 2), False), [_normal((3, 2, 3), 8)]),
+    "cross_entropy_fortran_3d_logits": (
+        lambda t: F.cross_entropy(t, _CE_TARGETS, label_smoothing=0.1),
+        lambda a: _cross_entropy_ref(a, _CE_TARGETS, "mean", -100, 0.1),
+        [np.asfortranarray(_normal((2, 3, 4), 9))]),
+    "cross_entropy_strided_3d_logits_none": (
+        lambda t: F.cross_entropy(t, _CE_TARGETS, reduction="none"),
+        lambda a: _cross_entropy_ref(a, _CE_TARGETS, "none", -100, 0.0),
+        [_normal((2, 3, 8), 10)[..., ::2]]),
+    "softmax_fortran_axis_0": (lambda t: F.softmax(t, 0), lambda a: anp.exp(a - _logsumexp(a, 0)),
+                               [np.asfortranarray(_normal((3, 2, 4), 11))]),
+    "matmul_1d_1d": (ops.matmul, anp.matmul, [_normal((4,), 12), _normal((4,), 13)]),
+    "matmul_1d_2d": (ops.matmul, anp.matmul, [_normal((4,), 14), _normal((4, 3), 15)]),
+    "matmul_2d_1d": (ops.matmul, anp.matmul, [_normal((3, 4), 16), _normal((4,), 17)]),
+    "matmul_1d_batched": (ops.matmul, anp.matmul, [_normal((4,), 18), _normal((2, 4, 3), 19)]),
+    "matmul_batched_1d": (ops.matmul, anp.matmul, [_normal((2, 3, 4), 20), _normal((4,), 21)]),
+    "matmul_broadcast_batches": (ops.matmul, anp.matmul, [_normal((2, 1, 3, 4), 22), _normal((3, 4, 2), 23)]),
+    "matmul_fortran_operands": (ops.matmul, anp.matmul,
+                                [np.asfortranarray(_normal((3, 4), 24)), np.asfortranarray(_normal((4, 2), 25))]),
+    "getitem_paired_int_arrays_with_repeats": (
+        lambda t: t[np.array([1, 1, 3, 1]), np.array([2, 2, 0, 2])],
+        lambda a: a[np.array([1, 1, 3, 1]), np.array([2, 2, 0, 2])], [_normal((4, 5), 26)]),
+    "getitem_bool_mask_on_axis_1": (lambda t: t[:, np.array([True, False, True])],
+                                    lambda a: a[:, np.array([True, False, True])], [_normal((2, 3, 2), 27)]),
+    "where_condition_adds_dims": (
+        lambda ta, tb: mt.where(np.arange(24).reshape(2, 3, 4) % 3 == 0, ta, tb),
+        lambda a, b: anp.where(np.arange(24).reshape(2, 3, 4) % 3 == 0, anp.zeros((2, 3, 4)) + a,
+                               anp.zeros((2, 3, 4)) + b),
+        [_normal((4,), 28), _normal((3, 1), 29)]),
+    "maximum_broadcast_both_sides": (ops.maximum, anp.maximum,
+                                     [_distinct((2, 1, 4), 30), _distinct((3, 1), 31) + 0.05]),
+    "stack_negative_axis": (lambda *ts: mt.stack(list(ts), axis=-1), lambda *xs: anp.stack(list(xs), axis=-1),
+                            [_normal((2, 3), 32), _normal((2, 3), 33), _normal((2, 3), 34)]),
+    "concat_negative_axis": (lambda *ts: mt.concat(list(ts), axis=-2),
+                             lambda *xs: anp.concatenate(list(xs), axis=-2),
+                             [_normal((2, 1, 3), 35), _normal((2, 3, 3), 36)]),
+    "layer_norm_3d": (lambda x, w, b: F.layer_norm(x, w, b),
+                      lambda x, w, b: (x - anp.mean(x, -1, keepdims=True))
+                      / anp.sqrt(anp.var(x, -1, keepdims=True) + 1e-5) * w + b,
+                      [_normal((2, 3, 4), 37), _normal((4,), 38), _normal((4,), 39)]),
+    "linear_3d": (F.linear, lambda x, w, b: anp.matmul(x, w.T) + b,
+                  [_normal((2, 3, 4), 40), _normal((5, 4), 41), _normal((5,), 42)]),
+    "square_reuses_its_input": (lambda t: t ** 2, lambda a: a ** 2, [_normal((3, 2), 43)]),
+    "diamond_graph": (lambda t: (t * 2.0 + t.exp()) * t, lambda a: (a * 2.0 + anp.exp(a)) * a,
+                      [_normal((2, 3), 44)]),
+}
+
+
+@pytest.mark.parametrize("name", list(PINNED))
+def test_pinned_corner_case(name):
+    fn, ref, inputs = PINNED[name]
+    check_vjp(fn, ref, *inputs, seed=len(name))

@@ -1,15 +1,18 @@
 """Parameter-efficient fine-tuning, after Hugging Face ``peft``, plus the TS-PEFT token gate.
 
-``get_peft_model(model, LoraConfig(...), gate=GateConfig(...))`` wraps the
-target layers and returns a :class:`PeftModel`.
+``get_peft_model(model, LoraConfig(...) or AdapterConfig(...), gate=GateConfig(...))``
+wraps the target layers and returns a :class:`PeftModel`.
 """
 
-from .config import GateConfig, LoraConfig
+from .adapter import AdapterLayer
+from .base import ModulesToSaveWrapper, PeftLayer
+from .config import AdapterConfig, GateConfig, LoraConfig
 from .gate import TokenGate, surrogate_grad, threshold_step, token_ratio
 from .lora import LoraLinear
-from .model import PeftModel, get_peft_model
+from .mapping import get_peft_model
+from .model import PeftModel
 
 __all__ = [
-    "LoraConfig", "GateConfig", "LoraLinear", "TokenGate", "PeftModel", "get_peft_model",
-    "token_ratio", "threshold_step", "surrogate_grad",
+    "LoraConfig", "AdapterConfig", "GateConfig", "PeftLayer", "LoraLinear", "AdapterLayer", "ModulesToSaveWrapper",
+    "TokenGate", "PeftModel", "get_peft_model", "token_ratio", "threshold_step", "surrogate_grad",
 ]

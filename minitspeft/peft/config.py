@@ -6,6 +6,7 @@ Every field is checked when the config is built; a bad value raises
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -22,24 +23,35 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _check_names(cls: str, field_name: str, value, allow_none: bool) -> None:
+    ok = (value is None and allow_none) or (
+        isinstance(value, (list, tuple)) and all(isinstance(t, str) and t for t in value))
+    _check(ok, cls, field_name, value, "a list of module names" + (" or None" if allow_none else ""))
+
+
 @dataclass
 class LoraConfig:
-    """Low-rank adaptation (Hu et al. 2021): ``h = W0 x + scaling * B A x``.
+    r"""Low-rank adaptation (Hu et al. 2021): ``h = W0 x + scaling * B A x``; DoRA with ``use_dora``.
 
     Attributes:
         r: rank of the update (>= 1).
         lora_alpha: scale numerator (> 0); ``scaling = lora_alpha / r``, or
             ``lora_alpha / sqrt(r)`` with ``use_rslora`` (Kalajdzievski 2023).
         lora_dropout: dropout on the adapter's input, training only, in ``[0, 1)``.
-        target_modules: names (or dotted-name suffixes) of the ``Linear``
-            layers to adapt, e.g. ``["q_proj", "v_proj"]``.
+        target_modules: which ``Linear`` layers to adapt: a list of names or
+            dotted-name suffixes (``["q_proj", "v_proj"]``), a regular
+            expression matched against the whole dotted name
+            (``r"blocks\.0\..*_proj"``), or ``"all-linear"`` (every Linear
+            but the output ``head``), as in Hugging Face ``peft``.
         use_rslora: rank-stabilised scaling.
-        use_dora: weight-decomposed LoRA (not available yet: raises).
-        init_lora_weights: ``True`` (A Kaiming-uniform, B zero: a no-op at start)
-            or ``False`` (both random, for debugging).
+        use_dora: weight-decomposed LoRA (Liu et al. 2024).
+        init_lora_weights: ``True`` (A Kaiming-uniform, B zero: a no-op at
+            start), ``"gaussian"`` (A normal with std ``1/r``, B zero) or
+            ``False`` (both random, for debugging).
         bias: ``"none"`` (biases stay frozen) or ``"all"`` (every bias trains).
-        modules_to_save: names of whole modules to train and save as well,
-            e.g. ``["head"]`` for a new classification head.
+        modules_to_save: names of whole modules (e.g. a new ``"head"``) to
+            train and save as well; each gets a trainable copy, and the
+            original is used while the adapter is disabled.
 
     Raises:
         ValueError: naming the first invalid field.
@@ -48,12 +60,17 @@ class LoraConfig:
     r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
-    target_modules: list = field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list | str = field(default_factory=lambda: ["q_proj", "v_proj"])
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: bool = True
+    init_lora_weights: bool | str = True
     bias: str = "none"
     modules_to_save: list | None = None
+
+    @property
+    def method(self) -> str:
+        """``"lora"`` or ``"dora"``."""
+        return "dora" if self.use_dora else "lora"
 
     def __post_init__(self):
         n = "LoraConfig"
@@ -62,26 +79,83 @@ class LoraConfig:
         _check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, n, "lora_dropout",
                self.lora_dropout, "in [0, 1)")
         if isinstance(self.target_modules, str):
-            self.target_modules = [self.target_modules]
-        _check(isinstance(self.target_modules, (list, tuple)) and len(self.target_modules) > 0
-               and all(isinstance(t, str) and t for t in self.target_modules),
-               n, "target_modules", self.target_modules, "a non-empty list of module names")
-        self.target_modules = list(self.target_modules)
+            _check(bool(self.target_modules), n, "target_modules", self.target_modules, "a non-empty pattern")
+            if self.target_modules != "all-linear":
+                try:
+                    re.compile(self.target_modules)
+                except re.error as exc:
+                    raise ValueError(f"{n}: target_modules is not a valid regular expression: {exc}") from None
+        else:
+            _check_names(n, "target_modules", self.target_modules, allow_none=False)
+            _check(len(self.target_modules) > 0, n, "target_modules", self.target_modules, "a non-empty list")
+            self.target_modules = list(self.target_modules)
         _check(isinstance(self.use_rslora, bool), n, "use_rslora", self.use_rslora, "a bool")
-        _check(self.use_dora is False, n, "use_dora", self.use_dora, "False (DoRA is not built yet)")
-        _check(isinstance(self.init_lora_weights, bool), n, "init_lora_weights", self.init_lora_weights,
-               "True or False")
+        _check(isinstance(self.use_dora, bool), n, "use_dora", self.use_dora, "a bool")
+        init = self.init_lora_weights
+        _check(isinstance(init, bool) or init == "gaussian", n, "init_lora_weights", init, "True, False or 'gaussian'")
         _check(self.bias in ("none", "all"), n, "bias", self.bias, "'none' or 'all'")
+        _check_names(n, "modules_to_save", self.modules_to_save, allow_none=True)
         if self.modules_to_save is not None:
-            names = self.modules_to_save
-            _check(isinstance(names, (list, tuple)) and all(isinstance(t, str) for t in names), n,
-                   "modules_to_save", names, "a list of module names or None")
-            self.modules_to_save = list(names)
+            self.modules_to_save = list(self.modules_to_save)
 
     @property
     def scaling(self) -> float:
         """``lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with rsLoRA)."""
         return self.lora_alpha / (self.r ** 0.5 if self.use_rslora else self.r)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PLACEMENTS = ("houlsby", "pfeiffer")
+ADAPTER_ACTIVATIONS = ("gelu", "relu", "tanh")
+
+
+@dataclass
+class AdapterConfig:
+    """Bottleneck adapters (Houlsby et al. 2019): ``h + up(act(down(h)))`` after a block's sub-layers.
+
+    Attributes:
+        reduction_factor: bottleneck size is ``n_embd // reduction_factor``
+            (at least 1); ignored when ``bottleneck`` is given.
+        bottleneck: explicit bottleneck size (>= 1), or None.
+        placement: ``"houlsby"`` (after the attention and after the MLP of
+            every block) or ``"pfeiffer"`` (after the MLP only; Pfeiffer et al. 2021).
+        activation: ``"gelu"``, ``"relu"`` or ``"tanh"``.
+        modules_to_save: as in :class:`LoraConfig`.
+
+    Raises:
+        ValueError: naming the first invalid field.
+    """
+
+    reduction_factor: int = 16
+    bottleneck: int | None = None
+    placement: str = "houlsby"
+    activation: str = "gelu"
+    modules_to_save: list | None = None
+
+    @property
+    def method(self) -> str:
+        """``"adapter"``."""
+        return "adapter"
+
+    def __post_init__(self):
+        n = "AdapterConfig"
+        _check(_is_int(self.reduction_factor) and self.reduction_factor >= 1, n, "reduction_factor",
+               self.reduction_factor, "an integer >= 1")
+        if self.bottleneck is not None:
+            _check(_is_int(self.bottleneck) and self.bottleneck >= 1, n, "bottleneck", self.bottleneck,
+                   "an integer >= 1 or None")
+        _check(self.placement in PLACEMENTS, n, "placement", self.placement, f"one of {PLACEMENTS}")
+        _check(self.activation in ADAPTER_ACTIVATIONS, n, "activation", self.activation,
+               f"one of {ADAPTER_ACTIVATIONS}")
+        _check_names(n, "modules_to_save", self.modules_to_save, allow_none=True)
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)
+
+    def bottleneck_size(self, n_embd: int) -> int:
+        """The bottleneck width for a model of width ``n_embd``."""
+        return self.bottleneck if self.bottleneck is not None else max(1, n_embd // self.reduction_factor)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,35 +1,53 @@
-"""The LoRA layer (Hu et al. 2021), optionally token-gated (TS-PEFT, arXiv 2511.16147).
+"""The LoRA layer (Hu et al. 2021) and its weight-decomposed form DoRA (Liu et al. 2024).
 
 A target ``Linear`` named ``q_proj`` becomes a ``LoraLinear`` whose frozen
 layer is ``q_proj.base_layer`` and whose update weights are
-``q_proj.lora_A.weight`` ``(r, in_features)`` and ``q_proj.lora_B.weight``
-``(out_features, r)``, as in Hugging Face ``peft``.
+``q_proj.lora_A.weight`` ``(r, in_features)``, ``q_proj.lora_B.weight``
+``(out_features, r)`` and, for DoRA, ``q_proj.lora_magnitude_vector``
+``(out_features,)``, as in Hugging Face ``peft``.
 """
 
 from __future__ import annotations
 
 from .. import backend
 from ..nn.layers import Dropout, Linear
-from ..nn.module import Module
+from ..nn.module import Parameter
 from ..tensor import Tensor
+from .base import PeftLayer
 from .config import GateConfig, LoraConfig
-from .gate import TokenGate
 
 
-class LoraLinear(Module):
-    """``h = W0 x + bias + S * scaling * B A dropout(x)``, with ``S = 1`` when ungated.
+class LoraLinear(PeftLayer):
+    """LoRA: ``h = W0 x + bias + S * scaling * B A dropout(x)`` (``S = 1`` when ungated).
+
+    DoRA (``use_dora=True``): with ``W' = W0 + scaling B A`` and its row norms
+    ``||W'||_row`` (over the input dimension, shape ``(out_features,)``)::
+
+        h = m / ||W'||_row * (W' x) + bias
+
+    computed as the frozen output plus an update ``d`` (so a gate can act on it)::
+
+        d = (m / ||W'||_row - 1) * (W0 x) + m / ||W'||_row * scaling * B A dropout(x)
+
+    ``||W'||_row`` is treated as a constant in the backward pass, as the DoRA
+    paper recommends (Liu et al. 2024, section 4.3) to save memory; ``m``
+    starts at ``||W0 + scaling B A||_row``, so the layer starts as the base layer.
+    Dropout, if any, applies to the low-rank branch's input only.
 
     Args:
         base_layer: the frozen ``Linear`` being adapted.
-        config: a :class:`LoraConfig` (``r``, ``lora_alpha``, ``lora_dropout``,
-            ``use_rslora``, ``init_lora_weights``).
+        config: a :class:`LoraConfig`.
         gate: a :class:`GateConfig` to gate the update per token, or None.
 
-    Initialisation (as in ``peft``): A Kaiming-uniform (bound ``1/sqrt(in_features)``),
-    B zero, so the layer starts as the base layer. With
-    ``init_lora_weights=False`` B is random too (for tests and debugging).
+    Initialisation (as in ``peft``): ``init_lora_weights=True``: A
+    Kaiming-uniform (bound ``1/sqrt(in_features)``), B zero; ``"gaussian"``: A
+    normal with standard deviation ``1/r``, B zero; ``False``: both random
+    (for tests and debugging; the layer does not start as the base layer).
 
     Input ``(..., in_features)``, output ``(..., out_features)``.
+
+    Raises:
+        TypeError: if ``base_layer`` is not a ``Linear``.
     """
 
     def __init__(self, base_layer: Linear, config: LoraConfig, gate: GateConfig | None = None):
@@ -37,54 +55,64 @@ class LoraLinear(Module):
             raise TypeError(f"LoraLinear: base_layer must be a Linear, got {type(base_layer).__name__}")
         dtype = base_layer.weight.dtype
         self.base_layer = base_layer
-        self.r = config.r
-        self.scaling = config.scaling
+        self.r, self.scaling, self.use_dora = config.r, config.scaling, config.use_dora
         self.lora_dropout = Dropout(config.lora_dropout)
         self.lora_A = Linear(base_layer.in_features, config.r, bias=False, dtype=dtype)
         self.lora_B = Linear(config.r, base_layer.out_features, bias=False, dtype=dtype)
-        if config.init_lora_weights:
+        init = config.init_lora_weights
+        if init == "gaussian":
+            values = backend.host_rng().normal(0.0, 1.0 / config.r, size=self.lora_A.weight.shape)
+            self.lora_A.weight.data = backend.asarray(values.astype(dtype))
+        if init:
             self.lora_B.weight.data = backend.xp.zeros_like(self.lora_B.weight.data)
-        self.gate = TokenGate(gate, dtype=dtype) if gate is not None else None
-        self.disabled = False
-        self.merged = False
+        if self.use_dora:
+            self.lora_magnitude_vector = Parameter(self.combined_weight_norm())
+        self._init_gate(gate, dtype)
         self._unmerged_weight = None
-
-    def delta(self, x: Tensor) -> Tensor:
-        """The update ``scaling * B A dropout(x)``, shape ``(..., out_features)``."""
-        return self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-
-    def forward(self, x: Tensor) -> Tensor:
-        b = self.base_layer(x)
-        if self.disabled or self.merged:
-            return b
-        d = self.delta(x)
-        return self.gate(b, d) if self.gate is not None else b + d
 
     def delta_weight(self):
         """``scaling * B @ A`` as a backend array ``(out_features, in_features)``."""
-        return (self.lora_B.weight.data @ self.lora_A.weight.data) * self.lora_B.weight.dtype.type(self.scaling)
+        w = self.lora_B.weight
+        return (w.data @ self.lora_A.weight.data) * w.dtype.type(self.scaling)
+
+    def combined_weight_norm(self):
+        """``||W0 + scaling B A||`` of each row (over the input dimension): a backend array ``(out_features,)``."""
+        xp = backend.xp
+        w = self.base_layer.weight.data + self.delta_weight()
+        return xp.sqrt((w * w).sum(axis=1))
+
+    def delta(self, x: Tensor, b: Tensor) -> Tensor:
+        """The update ``d`` (LoRA or DoRA, see the class docstring), shape ``(..., out_features)``."""
+        lora = self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        if not self.use_dora:
+            return lora
+        # the norm is a constant here (no gradient), as DoRA recommends
+        scale = self.lora_magnitude_vector * Tensor(1 / self.combined_weight_norm())  # (out,)
+        w0x = b - self.base_layer.bias if self.base_layer.bias is not None else b
+        return (scale - 1) * w0x + scale * lora
 
     def merge(self) -> None:
         """Fold the update into the base weight (idempotent); keeps an independent copy to unmerge.
+
+        LoRA: ``W0 + scaling B A``; DoRA: ``m / ||W'||_row * W'`` row by row.
 
         Raises:
             RuntimeError: on a gated layer: a token-dependent update cannot be
                 folded into one weight matrix.
         """
-        if self.gate is not None:
-            raise RuntimeError(
-                "merge: this LoRA layer is token-gated (TS-PEFT); its update depends on each token's gate, "
-                "so it cannot be folded into the base weight W0"
-            )
+        self._refuse_gated_merge("merge")
         if self.merged:
             return
         w = self.base_layer.weight
         self._unmerged_weight = w.data.copy()
-        w.data = w.data + self.delta_weight()
+        merged = w.data + self.delta_weight()
+        if self.use_dora:
+            merged = merged * (self.lora_magnitude_vector.data / self.combined_weight_norm())[:, None]
+        w.data = merged
         self.merged = True
 
     def unmerge(self) -> None:
-        """Restore the base weight saved by :meth:`merge` (no-op when not merged)."""
+        """Restore the exact base weight saved by :meth:`merge` (no-op when not merged)."""
         if not self.merged:
             return
         self.base_layer.weight.data = self._unmerged_weight
@@ -92,5 +120,6 @@ class LoraLinear(Module):
         self.merged = False
 
     def extra_repr(self) -> str:
-        return f"r={self.r}, scaling={self.scaling:.4g}, gated={self.gate is not None}, merged={self.merged}"
+        kind = "DoRA" if self.use_dora else "LoRA"
+        return f"{kind}, r={self.r}, scaling={self.scaling:.4g}, gated={self.gate is not None}, merged={self.merged}"
 

@@ -1,52 +1,63 @@
-"""``get_peft_model`` and ``PeftModel``: wrap a model's target layers, freeze the rest (after Hugging Face ``peft``)."""
+"""``PeftModel``: a model with adapters in place; gate statistics, merging, disabling, saving (after ``peft``)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 
 from .. import backend
-from ..nn.layers import Linear
+from ..io import load_arrays, save_json, save_npz
 from ..nn.module import Module
 from ..tensor import Tensor
-from .config import GateConfig, LoraConfig
-from .gate import TokenGate
-from .lora import LoraLinear
+from .base import ModulesToSaveWrapper, PeftLayer
+from .config import AdapterConfig, GateConfig, LoraConfig
 
-
-def _matches(name: str, target: str) -> bool:
-    return name == target or name.endswith("." + target)
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.npz"
+FORMAT_VERSION = 1
+_ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector", ".gate.tau", ".adapter_down.",
+                  ".adapter_up.", ".modules_to_save.")
 
 
 class PeftModel(Module):
     """A model whose target layers carry adapters; everything else is frozen.
 
-    Build it with :func:`get_peft_model`. Calling it calls the wrapped model.
-    Parameter names gain the prefix ``base_model.``.
+    Build it with ``get_peft_model``; calling it calls the wrapped model.
+    Parameter names gain the prefix ``base_model.``; names in adapter files
+    and :meth:`gate_stats` are relative to the base model.
 
     Attributes:
         base_model: the wrapped model (changed in place).
-        peft_config: the :class:`LoraConfig`.
+        peft_config: the :class:`LoraConfig` or :class:`AdapterConfig`.
         gate_config: the :class:`GateConfig`, or None for dense PEFT.
     """
 
-    def __init__(self, model: Module, config: LoraConfig, gate: GateConfig | None = None):
+    def __init__(self, model: Module, config, gate: GateConfig | None = None, replaced=(), requires_grad=None):
         self.base_model = model
         self.peft_config = config
         self.gate_config = gate
+        self._replaced = list(replaced)  # (name, original module): to unwrap
+        self._requires_grad = dict(requires_grad or {})
+
+    @property
+    def method(self) -> str:
+        """``"lora"``, ``"dora"`` or ``"adapter"``, prefixed ``"ts-"`` when gated."""
+        return ("ts-" if self.gate_config is not None else "") + self.peft_config.method
 
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
 
     # ------------------------------------------------------------ adapters
-    def lora_layers(self):
-        """Yield ``(name, LoraLinear)`` for every adapted layer (names relative to the base model)."""
+    def peft_layers(self):
+        """Yield ``(name, layer)`` for every wrapped layer (LoRA, DoRA or adapter), names relative to the base model."""
         for name, m in self.base_model.named_modules():
-            if isinstance(m, LoraLinear):
+            if isinstance(m, PeftLayer):
                 yield name, m
 
     def gates(self):
         """Yield ``(layer_name, TokenGate)`` for every gated layer."""
-        for name, m in self.lora_layers():
+        for name, m in self.peft_layers():
             if m.gate is not None:
                 yield name, m.gate
 
@@ -54,14 +65,22 @@ class PeftModel(Module):
         """The ``tau`` Parameters of all gates."""
         return [g.tau for _, g in self.gates()]
 
+    def adapter_state_dict(self) -> dict:
+        """``{name: array}`` (copies) of what :meth:`save_pretrained` writes: adapter weights, thresholds,
+        trained copies of ``modules_to_save``, and the biases when ``bias="all"``."""
+        bias_all = getattr(self.peft_config, "bias", "none") == "all"
+        return {name: p.data.copy() for name, p in self.base_model.named_parameters()
+                if any(part in "." + name for part in _ADAPTER_PARTS)
+                or (bias_all and name.endswith(".bias") and ".original_module." not in name)}
+
     def print_trainable_parameters(self) -> None:
         """Print ``trainable params: N || all params: M || trainable%: P`` (as ``peft`` does)."""
         trainable, total = self.num_parameters(trainable_only=True), self.num_parameters()
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
     def optimizer_groups(self, lr: float, weight_decay: float = 0.0, tau_lr: float | None = None) -> list:
-        """Parameter groups for an optimiser: trainable weights, then the thresholds with their own
-        learning rate (``tau_lr``, else the gate config's ``tau_lr``, else ``lr``) and no weight decay."""
+        """Parameter groups: trainable weights, then the thresholds with their own learning rate
+        (``tau_lr``, else the gate config's ``tau_lr``, else ``lr``) and no weight decay."""
         taus = {id(t) for t in self.thresholds()}
         weights = [p for p in self.parameters() if p.requires_grad and id(p) not in taus]
         groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
@@ -108,40 +127,73 @@ class PeftModel(Module):
         """Per gated layer: ``density`` and ``mean_r`` of the last forward, ``tau``, and
         ``position_density`` (NumPy ``(T,)``, running since the last reset)."""
         return {
-            name: {
-                "density": g.last_density,
-                "tau": float(g.tau.data),
-                "mean_r": g.last_mean_r,
-                "position_density": g.position_density(),
-            }
+            name: {"density": g.last_density, "tau": float(g.tau.data), "mean_r": g.last_mean_r,
+                   "position_density": g.position_density()}
             for name, g in self.gates()
         }
 
     # ------------------------------------------------------ merge, disable
     def merge_adapter(self) -> None:
-        """Fold every LoRA update into its base weight (idempotent).
+        """Fold every LoRA/DoRA update into its base weight (merging twice equals merging once).
 
         Raises:
-            RuntimeError: on a gated model: a token-dependent update cannot be
-                folded into ``W0``. Nothing is merged when it is raised.
+            RuntimeError: on a gated model (a token-dependent update cannot be
+                folded into ``W0``) or on bottleneck adapters (non-linear).
+                Nothing is merged when it is raised.
         """
         if self.gate_config is not None:
             raise RuntimeError(
                 "merge_adapter: this model is token-gated (TS-PEFT): each token's update is applied or not "
                 "by its own gate, so the updates cannot be folded into the base weights W0"
             )
-        for _, m in self.lora_layers():
+        if isinstance(self.peft_config, AdapterConfig):
+            raise RuntimeError("merge_adapter: bottleneck adapters are non-linear and cannot be merged")
+        for _, m in self.peft_layers():
             m.merge()
 
     def unmerge_adapter(self) -> None:
-        """Restore the base weights saved by :meth:`merge_adapter`."""
-        for _, m in self.lora_layers():
+        """Restore the exact base weights saved by :meth:`merge_adapter`."""
+        for _, m in self.peft_layers():
             m.unmerge()
+
+    def merge_and_unload(self) -> Module:
+        """Merge, then put the base layers (with merged weights) and the trained copies of
+        ``modules_to_save`` back in place; return the plain base model.
+
+        Raises:
+            RuntimeError: as :meth:`merge_adapter`.
+        """
+        self.merge_adapter()
+        for name, m in list(self.base_model.named_modules()):
+            if isinstance(m, PeftLayer):
+                self._put(name, m.base_layer)
+            elif isinstance(m, ModulesToSaveWrapper):
+                self._put(name, m.modules_to_save)
+        self._replaced = []
+        return self.base_model
+
+    def _put(self, name: str, module: Module) -> None:
+        parent, _, attr = name.rpartition(".")
+        setattr(self.base_model.get_submodule(parent), attr, module)
+
+    def unload(self) -> Module:
+        """Remove every adapter without merging: the base model as it was before wrapping
+        (its parameters' ``requires_grad`` restored)."""
+        for name, original in reversed(self._replaced):
+            self._put(name, original)
+        for p in self.base_model.parameters():
+            p.requires_grad_(self._requires_grad.get(id(p), p.requires_grad))
+        self._replaced = []
+        return self.base_model
 
     @contextlib.contextmanager
     def disable_adapter(self):
-        """Context manager: inside it the model computes the base model's output (nests)."""
-        layers = [m for _, m in self.lora_layers()]
+        """Context manager: inside it the model computes the base model's output.
+
+        Nests: the adapters stay off until the outermost block exits, then
+        each layer returns to the state it had before.
+        """
+        layers = [m for m in self.base_model.modules() if isinstance(m, (PeftLayer, ModulesToSaveWrapper))]
         previous = [m.disabled for m in layers]
         for m in layers:
             m.disabled = True
@@ -151,63 +203,80 @@ class PeftModel(Module):
             for m, was in zip(layers, previous, strict=True):
                 m.disabled = was
 
+    # ------------------------------------------------------ save and load
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``adapter_model.npz`` (:meth:`adapter_state_dict`, no pickle) and ``adapter_config.json``
+        (the method, every config field, the gate config) into ``directory``, each atomically.
 
-def get_peft_model(model: Module, config: LoraConfig, gate: GateConfig | None = None) -> PeftModel:
-    """Wrap ``model``'s target ``Linear`` layers with LoRA (token-gated when ``gate`` is given), in place.
+        Raises:
+            OSError: if ``directory`` cannot be created or written.
+        """
+        os.makedirs(directory, exist_ok=True)
+        save_npz(os.path.join(directory, WEIGHTS_NAME), self.adapter_state_dict())
+        save_json(os.path.join(directory, CONFIG_NAME), {
+            "format_version": FORMAT_VERSION, "method": self.method,
+            "peft_type": type(self.peft_config).__name__, "config": self.peft_config.to_dict(),
+            "gate": None if self.gate_config is None else self.gate_config.to_dict()})
 
-    Every parameter of ``model`` is frozen, then the adapter weights, the
-    thresholds ``tau``, the biases (``bias="all"``) and the modules in
-    ``config.modules_to_save`` are made trainable.
+    @classmethod
+    def from_pretrained(cls, base_model: Module, directory: str, is_trainable: bool = False) -> "PeftModel":
+        """Wrap ``base_model`` as the saved adapter describes and load its weights.
 
-    Args:
-        model: any :class:`~minitspeft.nn.Module`.
-        config: a :class:`LoraConfig`.
-        gate: a :class:`GateConfig` for TS-PEFT, or None for dense LoRA.
+        Args:
+            base_model: a model of the same architecture as the one trained.
+            directory: a folder written by :meth:`save_pretrained`.
+            is_trainable: keep the adapter trainable; otherwise it is frozen
+                and the model put in evaluation mode (for inference).
 
-    Returns:
-        A :class:`PeftModel`.
+        Raises:
+            FileNotFoundError: if a file is missing.
+            ValueError: for an unknown method or config field, a damaged file,
+                or weights whose names or shapes do not fit the model (all
+                listed). ``base_model`` is left unchanged when it is raised.
+        """
+        from .mapping import get_peft_model  # noqa: PLC0415 - mapping builds PeftModels
 
-    Raises:
-        TypeError: for a config of the wrong type.
-        ValueError: if a ``target_modules`` or ``modules_to_save`` entry
-            matches no layer (the message lists the candidates), if a target
-            is not a ``Linear``, or if the model already holds LoRA layers.
-            Nothing is changed when it is raised.
-    """
-    if not isinstance(config, LoraConfig):
-        raise TypeError(f"get_peft_model: config must be a LoraConfig, got {type(config).__name__}")
-    if gate is not None and not isinstance(gate, GateConfig):
-        raise TypeError(f"get_peft_model: gate must be a GateConfig or None, got {type(gate).__name__}")
-    modules = dict(model.named_modules())
-    if any(isinstance(m, (LoraLinear, TokenGate)) for m in modules.values()):
-        raise ValueError("get_peft_model: the model already holds LoRA layers; wrap a fresh model")
-    linear_names = [n for n, m in modules.items() if isinstance(m, Linear)]
-    targets = []
-    for t in config.target_modules:
-        hits = [n for n in modules if n and _matches(n, t)]
-        if not hits:
-            raise ValueError(f"get_peft_model: target module {t!r} matches no layer; Linear layers are {linear_names}")
-        for n in hits:
-            if not isinstance(modules[n], Linear):
-                raise ValueError(f"get_peft_model: target {n!r} is a {type(modules[n]).__name__}, not a Linear")
-        targets += [n for n in hits if n not in targets]
-    saved = []
-    for s in config.modules_to_save or []:
-        hits = [n for n in modules if n and _matches(n, s)]
-        if not hits:
-            raise ValueError(f"get_peft_model: modules_to_save entry {s!r} matches no module; modules are "
-                             f"{[n for n in modules if n]}")
-        saved += hits
+        with open(os.path.join(directory, CONFIG_NAME)) as fh:
+            try:
+                meta = json.load(fh)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"from_pretrained: {CONFIG_NAME} is not valid JSON: {exc}") from None
+        config, gate = _configs_from(meta)
+        arrays, _ = load_arrays(os.path.join(directory, WEIGHTS_NAME))
+        model = get_peft_model(base_model, config, gate)
+        expected = model.adapter_state_dict()
+        missing = sorted(set(expected) - set(arrays))
+        unexpected = sorted(set(arrays) - set(expected))
+        wrong = [f"{k}: expected {expected[k].shape}, got {arrays[k].shape}"
+                 for k in expected if k in arrays and arrays[k].shape != expected[k].shape]
+        if missing or unexpected or wrong:
+            model.unload()
+            raise ValueError(f"from_pretrained: the saved adapter does not fit this model: missing {missing}, "
+                             f"unexpected {unexpected}, wrong shapes {wrong}")
+        params = dict(model.base_model.named_parameters())
+        for k, v in arrays.items():
+            params[k].data = backend.asarray(v, dtype=params[k].dtype).copy()
+        if not is_trainable:
+            model.requires_grad_(False)
+            model.eval()
+        return model
 
-    model.requires_grad_(False)
-    for name in targets:  # adapter weights and thresholds are created trainable
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, LoraLinear(modules[name], config, gate))
-    if config.bias == "all":
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.requires_grad_(True)
-    for name in saved:  # trained in place (peft keeps a separate copy; this project does not yet)
-        model.get_submodule(name).requires_grad_(True)
-    return PeftModel(model, config, gate)
 
+def _configs_from(meta: dict) -> tuple:
+    """Rebuild ``(config, gate)`` from a saved ``adapter_config.json``, refusing anything unknown."""
+    kinds = {"LoraConfig": LoraConfig, "AdapterConfig": AdapterConfig}
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"from_pretrained: unsupported adapter format {meta.get('format_version')!r}"
+                         if isinstance(meta, dict) else "from_pretrained: the config is not a JSON object")
+    kind = kinds.get(meta.get("peft_type"))
+    if kind is None:
+        raise ValueError(f"from_pretrained: unknown peft_type {meta.get('peft_type')!r}; known: {sorted(kinds)}")
+    try:
+        config = kind(**meta["config"])
+        gate = None if meta.get("gate") is None else GateConfig(**meta["gate"])
+    except TypeError as exc:
+        raise ValueError(f"from_pretrained: the saved config has unknown or missing fields: {exc}") from None
+    expected = ("ts-" if gate is not None else "") + config.method
+    if meta.get("method") != expected:
+        raise ValueError(f"from_pretrained: method {meta.get('method')!r} does not match its config ({expected!r})")
+    return config, gate

@@ -1,0 +1,63 @@
+"""``PeftLayer`` (what every wrapped layer shares: a frozen path, an update, an optional token gate)
+and ``ModulesToSaveWrapper`` (a whole module trained next to the adapters)."""
+
+from __future__ import annotations
+
+import copy
+
+from ..nn.module import Module
+from ..tensor import Tensor
+from .config import GateConfig
+from .gate import TokenGate
+
+
+class PeftLayer(Module):
+    """Base of the wrapped layers. A subclass sets ``base_layer`` and implements ``delta(x, b)``.
+
+    ``forward(x)`` computes the frozen output ``b = base_layer(x)`` and returns
+    ``b + d`` with ``d = delta(x, b)``, or ``b + S * d`` when a gate is set
+    (TS-PEFT, arXiv 2511.16147). While ``disabled`` or ``merged`` it returns ``b``.
+    """
+
+    def _init_gate(self, gate: GateConfig | None, dtype) -> None:
+        self.gate = TokenGate(gate, dtype=dtype) if gate is not None else None
+        self.disabled = False
+        self.merged = False
+
+    def delta(self, x: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.base_layer(x)
+        if self.disabled or self.merged:
+            return b
+        d = self.delta(x, b)
+        return self.gate(b, d) if self.gate is not None else b + d
+
+    def merge(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def unmerge(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _refuse_gated_merge(self, op: str) -> None:
+        if self.gate is not None:
+            raise RuntimeError(
+                f"{op}: this layer is token-gated (TS-PEFT); its update is applied or not per token, "
+                "so it cannot be folded into the base weight W0"
+            )
+
+
+class ModulesToSaveWrapper(Module):
+    """A module trained in full next to the adapters: ``original_module`` (frozen) and a trainable
+    copy ``modules_to_save``, used unless the adapter is disabled (as in ``peft``)."""
+
+    def __init__(self, module: Module):
+        self.original_module = module
+        self.modules_to_save = copy.deepcopy(module)
+        self.modules_to_save.requires_grad_(True)
+        self.disabled = False
+
+    def forward(self, *args, **kwargs):
+        active = self.original_module if self.disabled else self.modules_to_save
+        return active(*args, **kwargs)
