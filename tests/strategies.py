@@ -246,8 +246,9 @@ def check_vjp(fn, ref, *arrays, seed: int, numeric: bool = True, fd_rtol: float 
     Returns:
         ``(grads, v)``: minitspeft's gradients (one per input) and the upstream gradient.
     """
-    import autograd  # noqa: PLC0415 - the test module importorskips it first
-    import autograd.numpy as anp  # noqa: PLC0415
+    # imported here, not at the top: test_properties.py importorskips autograd first
+    import autograd
+    import autograd.numpy as anp
 
     arrays = tuple(arrays)
     for i, a in enumerate(arrays):

@@ -30,18 +30,11 @@ import numpy as np
 import pytest
 
 autograd = pytest.importorskip("autograd")
-import autograd.numpy as anp  # noqa: E402
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
-
-import minitspeft as mt  # noqa: E402
-from minitspeft import backend, ops  # noqa: E402
-from minitspeft import functional as F  # noqa: E402
-from minitspeft import reductions as R  # noqa: E402
-from minitspeft.tensor import Tensor  # noqa: E402
-
-from strategies import (  # noqa: E402
+import autograd.numpy as anp
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from strategies import (
     away_from,
     broadcast_pair,
     broadcast_source,
@@ -57,6 +50,12 @@ from strategies import (  # noqa: E402
     seeds,
     shapes,
 )
+
+import minitspeft as mt
+from minitspeft import backend, ops
+from minitspeft import functional as F
+from minitspeft import reductions as R
+from minitspeft.tensor import Tensor
 
 # ------------------------------------------------------- elementwise binary
 
@@ -116,6 +115,9 @@ CONSTANT_CASES = {
              st.one_of(st.sampled_from([2, 3, 2.0, 3.0, 0, 1, -1, 0.5]), reals(-2.0, 2.0))),
     "c**x": (lambda x, c: c ** x, lambda x, c: c ** x, reals(-2.0, 2.0), reals(0.5, 2.5)),
     "pow(x,c)": (ops.pow, anp.power, reals(0.5, 2.5), reals(-2.0, 2.0)),
+    # clamping against a constant: x and c on interleaved lattices, so never a tie
+    "maximum(x,c)": (ops.maximum, anp.maximum, grid(), grid(offset=0.1)),
+    "minimum(c,x)": (lambda x, c: ops.minimum(c, x), lambda x, c: anp.minimum(c, x), grid(), grid(offset=0.1)),
     "pow(c,x)": (ops.pow, lambda x, c: anp.power(c, x), reals(-2.0, 2.0), reals(0.5, 2.5)),
 }
 
@@ -558,26 +560,36 @@ def test_linear(data, lead, n_in, n_out, with_bias, seed):
         check_vjp(F.linear, lambda xa, wa: anp.matmul(xa, wa.T), x, w, seed=seed)
 
 
-@given(data=st.data(), shape=shapes(), p=st.one_of(st.just(0.0), reals(0.0, 0.9)),
-       training=st.booleans(), mask_seed=st.integers(0, 2**16), seed=seeds)
-def test_dropout_with_a_fixed_mask(data, shape, p, training, mask_seed, seed):
+def _dropout_with_fixed_mask(x, p, training, mask_seed, seed):
     """Reseeding before every call fixes the mask, so dropout is the linear map ``x * mask``."""
-    x = data.draw(float_arrays(shape), label="x")
     saved_rng = backend.host_rng()
     try:
         def fn(t):
             backend.manual_seed(mask_seed)
             return F.dropout(t, p, training=training)
 
-        mask = np.asarray(fn(Tensor(np.ones(shape))).data)
-        scale = 1.0 / (1.0 - p)
+        mask = np.asarray(fn(Tensor(np.ones(x.shape))).data)
         if training and p > 0:
+            scale = 1.0 / (1.0 - p)
             assert np.all((mask == 0.0) | np.isclose(mask, scale, rtol=1e-15, atol=0)), mask
         else:
             np.testing.assert_array_equal(mask, 1.0)
         check_vjp(fn, lambda a: a * mask, x, seed=seed)
     finally:
         backend._host_rng = saved_rng  # leave the global generator as other tests expect it
+
+
+@given(data=st.data(), shape=shapes(), p=reals(0.05, 0.9), mask_seed=st.integers(0, 2**16), seed=seeds)
+def test_dropout_in_training_with_a_fixed_mask(data, shape, p, mask_seed, seed):
+    x = data.draw(float_arrays(shape), label="x")
+    _dropout_with_fixed_mask(x, p, True, mask_seed, seed)
+
+
+@given(data=st.data(), shape=shapes(), p=st.one_of(st.just(0.0), reals(0.05, 0.9)), seed=seeds)
+def test_dropout_is_the_identity_in_eval_or_at_p_0(data, shape, p, seed):
+    x = data.draw(float_arrays(shape), label="x")
+    training = data.draw(st.booleans(), label="training") if p == 0.0 else False
+    _dropout_with_fixed_mask(x, p, training, 0, seed)
 
 
 @given(data=st.data(), n=st.integers(1, 5), dim=st.integers(1, 4), ids_shape=shapes(max_dims=2),
@@ -607,6 +619,15 @@ def _normal(shape, seed):
 def _distinct(shape, seed):
     n = math.prod(shape)
     return np.random.default_rng(seed).permutation(n).reshape(shape) * 0.1 - 1.0
+
+
+def _seeded_dropout(t, p, mask_seed):
+    saved_rng = backend.host_rng()
+    try:
+        backend.manual_seed(mask_seed)
+        return F.dropout(t, p)
+    finally:
+        backend._host_rng = saved_rng  # leave the global generator as other tests expect it
 
 
 _CE_TARGETS = np.array([[0, 3, -100], [2, 2, 1]])
@@ -667,6 +688,11 @@ PINNED = {
                       [_normal((2, 3, 4), 37), _normal((4,), 38), _normal((4,), 39)]),
     "linear_3d": (F.linear, lambda x, w, b: anp.matmul(x, w.T) + b,
                   [_normal((2, 3, 4), 40), _normal((5, 4), 41), _normal((5,), 42)]),
+    "dropout_half_seeded": (lambda t: _seeded_dropout(t, 0.5, 3),
+                            lambda a: a * _seeded_dropout(Tensor(np.ones((3, 4))), 0.5, 3).data,
+                            [_normal((3, 4), 45)]),
+    "embedding_2d_ids_with_repeats": (lambda w: F.embedding(np.array([[0, 2, 0], [1, 2, 2]]), w),
+                                      lambda w: w[np.array([[0, 2, 0], [1, 2, 2]])], [_normal((4, 3), 46)]),
     "square_reuses_its_input": (lambda t: t ** 2, lambda a: a ** 2, [_normal((3, 2), 43)]),
     "diamond_graph": (lambda t: (t * 2.0 + t.exp()) * t, lambda a: (a * 2.0 + anp.exp(a)) * a,
                       [_normal((2, 3), 44)]),

@@ -71,7 +71,7 @@ class ViT(_Trunk):
                 f"{' or (B, H, W)' if self.channels == 1 else ''}, got shape {given}"
             )
         B, C, p, g = data.shape[0], self.channels, self.patch_size, self.grid
-        x = data.astype(self.patch_emb.weight.dtype, copy=False)
+        x = data.astype(self.cls_token.dtype, copy=False)  # (patch_emb may be wrapped by an adapter)
         x = x.reshape(B, C, g, p, g, p).transpose(0, 2, 4, 1, 3, 5)  # (B, g, g, C, p, p)
         return Tensor(x.reshape(B, g * g, C * p * p))  # (B, n_patches, C*p*p)
 
