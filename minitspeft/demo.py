@@ -2,9 +2,11 @@
 
 1. Pretrain a small ViT (2x2 pixel patches as tokens, plus a CLS token) on
    digits 0-4, or load it from the cache (``--cache-dir``).
-2. Freeze it; fine-tune a new head plus LoRA on q, k, v, o, fc1 and fc2, on
-   digits 5-9: (a) dense LoRA, (b) TS-LoRA, whose gates apply each token's
-   update only where ``||d|| / ||b|| >= tau`` (TS-PEFT, arXiv 2511.16147).
+2. Freeze it; fine-tune a new head plus a PEFT method on digits 5-9: by
+   default (a) dense LoRA on q, k, v, o, fc1 and fc2, (b) TS-LoRA, whose gates
+   apply each token's update only where ``||d|| / ||b|| >= tau`` (TS-PEFT,
+   arXiv 2511.16147); ``--methods`` adds DoRA, bottleneck adapters and their
+   TS twins.
 3. Print trainable parameters, test accuracy, density of applied token
    updates, tau per gated layer, seconds, and a heatmap of where block 0's
    gates open.
@@ -19,14 +21,14 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import backend, nn
 from .data import digits_task
 from .io import load_arrays, save_arrays
-from .peft import GateConfig, LoraConfig, get_peft_model
+from .peft import AdapterConfig, GateConfig, LoraConfig, get_peft_model
 from .train import evaluate, fit
 from .viz import format_table, heatmap
 
@@ -50,12 +52,18 @@ class Settings:
     batch_size: int = 64
     r: int = 8
     lora_alpha: float = 16.0
+    adapter_bottleneck: int = 32  # 4 Houlsby adapters of 4,256 weights: about LoRA's budget
     temperature: float = 0.1
     sparsity_weight: float = 0.1
     tau_lr: float = 1e-2
+    gate_warmup_steps: int = 0
 
 
-QUICK = Settings(n_embd=32, n_head=2, n_layer=1, pretrain_steps=20, finetune_steps=8, batch_size=32)
+PRETRAIN_FIELDS = ("n_embd", "n_head", "n_layer", "pretrain_steps", "pretrain_lr", "batch_size")
+QUICK = Settings(n_embd=32, n_head=2, n_layer=1, pretrain_steps=20, finetune_steps=8, batch_size=32,
+                 adapter_bottleneck=8)
+METHODS = ("lora", "ts-lora", "dora", "ts-dora", "adapter", "ts-adapter")
+DEFAULT_METHODS = ("lora", "ts-lora")
 
 
 def vit_config(s: Settings) -> nn.TransformerConfig:
@@ -71,7 +79,8 @@ def default_cache_dir() -> str:
 
 def pretrained_backbone(s: Settings, seed: int, cache_dir: str, progress: bool) -> tuple:
     """Return ``(state_dict, from_cache)`` of the ViT pretrained on digits 0-4, training it if not cached."""
-    key_src = json.dumps({"v": CACHE_VERSION, "settings": asdict(s), "seed": seed,
+    pretraining = {k: getattr(s, k) for k in PRETRAIN_FIELDS}  # fine-tuning settings do not change the backbone
+    key_src = json.dumps({"v": CACHE_VERSION, "settings": pretraining, "seed": seed,
                           "classes": PRETRAIN_CLASSES, "dtype": str(backend.get_default_dtype())}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"vit-digits0-4-{key}.npz")
@@ -90,23 +99,40 @@ def pretrained_backbone(s: Settings, seed: int, cache_dir: str, progress: bool) 
         weight_decay=0.01, warmup_steps=s.pretrain_steps // 10, seed=seed, desc="pretrain 0-4", progress=progress)
     acc = evaluate(model, task.x_test, task.y_test)
     state = model.state_dict()
-    save_arrays(path, state, {"settings": asdict(s), "seed": seed, "test_accuracy_0_4": acc})
+    save_arrays(path, state, {"settings": pretraining, "seed": seed, "test_accuracy_0_4": acc})
     return state, False
 
 
+def peft_configs(method: str, s: Settings) -> tuple:
+    """``(config, gate)`` for a method name of :data:`METHODS`; the TS twin shares its base's config.
+
+    Raises:
+        ValueError: for an unknown method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    base = method.removeprefix("ts-")
+    if base in ("lora", "dora"):
+        config = LoraConfig(r=s.r, lora_alpha=s.lora_alpha, target_modules=TARGETS, use_dora=base == "dora",
+                            modules_to_save=["head"])
+    else:
+        config = AdapterConfig(bottleneck=s.adapter_bottleneck, placement="houlsby", modules_to_save=["head"])
+    gate = None
+    if method.startswith("ts-"):
+        gate = GateConfig(surrogate="sigmoid", temperature=s.temperature, sparsity_weight=s.sparsity_weight,
+                          tau_lr=s.tau_lr, warmup_steps=s.gate_warmup_steps)
+    return config, gate
+
+
 def finetune(method: str, state: dict, s: Settings, seed: int, progress: bool) -> tuple:
-    """Fine-tune ``method`` (``"lora"`` or ``"ts-lora"``) on digits 5-9; return ``(record, peft_model, task)``."""
+    """Fine-tune ``method`` (one of :data:`METHODS`) on digits 5-9; return ``(record, peft_model, task)``."""
     task = digits_task(FINETUNE_CLASSES, seed=seed)
     backend.manual_seed(seed + 1)
     model = nn.ViT(vit_config(s), patch_size=2, image_size=8)
     model.load_state_dict(state)
     model.head = nn.Linear(s.n_embd, len(FINETUNE_CLASSES))  # a new head for the new classes
-    lora = LoraConfig(r=s.r, lora_alpha=s.lora_alpha, target_modules=TARGETS, modules_to_save=["head"])
-    gate = None
-    if method == "ts-lora":
-        gate = GateConfig(surrogate="sigmoid", temperature=s.temperature, sparsity_weight=s.sparsity_weight,
-                          tau_lr=s.tau_lr)
-    pm = get_peft_model(model, lora, gate=gate)
+    config, gate = peft_configs(method, s)
+    pm = get_peft_model(model, config, gate=gate)
     result = fit(pm, task.x_train, task.y_train, steps=s.finetune_steps, batch_size=s.batch_size,
                  lr=s.finetune_lr, seed=seed, desc=f"fine-tune {method}", progress=progress)
     pm.reset_gate_stats()
@@ -124,22 +150,22 @@ def finetune(method: str, state: dict, s: Settings, seed: int, progress: bool) -
     return record, pm, task
 
 
-def report(records: list, gated_model, n_layer: int) -> str:
-    """The comparison table, the per-layer gate table and block 0's heatmap, as text."""
+def report(records: list, gated_models: dict) -> str:
+    """The comparison table, then for each gated run its per-layer gate table and block 0's heatmap, as text."""
     rows = [[r["method"], f"{r['trainable_params']:,}", f"{r['accuracy']:.3f}", f"{r['density']:.3f}",
              "-" if r["tau"] is None else f"{min(r['tau']):.3f}..{max(r['tau']):.3f}", f"{r['seconds']:.1f}"]
             for r in records]
     out = [format_table(["method", "trainable params", "test accuracy", "density", "tau range", "seconds"], rows)]
-    if gated_model is not None:
-        stats = gated_model.gate_stats()
+    for method, pm in gated_models.items():
+        stats = pm.gate_stats()
         layer_rows = [[name, f"{v['tau']:.3f}", f"{np.mean(v['position_density']):.3f}", f"{v['mean_r']:.3f}"]
                       for name, v in stats.items()]
-        out += ["", "TS-LoRA gates per layer (density and mean r on the test set):",
+        out += ["", f"{method} gates per layer (density and mean r on the test set):",
                 format_table(["gated layer", "tau", "density", "mean r"], layer_rows)]
         block0 = np.mean([v["position_density"] for k, v in stats.items() if k.startswith("blocks.0.")], axis=0)
         out += ["", heatmap(block0[1:].reshape(4, 4),
-                            f"Block 0: share of token updates applied per 2x2 patch (mean over its gated layers; "
-                            f"CLS token {block0[0]:.2f})")]
+                            f"{method}, block 0: share of token updates applied per 2x2 patch "
+                            f"(mean over its gated layers; CLS token {block0[0]:.2f})")]
     return "\n".join(out)
 
 
@@ -169,8 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write one record per (task, method, seed) to PATH")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help=f"where the pretrained backbone is cached (default {default_cache_dir()})")
+    p.add_argument("--methods", type=_methods, default=DEFAULT_METHODS, metavar="M[,M...]",
+                   help=f"comma-separated methods from {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
+
+
+def _methods(text: str) -> tuple:
+    names = tuple(m.strip() for m in text.split(",") if m.strip())
+    bad = [m for m in names if m not in METHODS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {bad or [text]}; choose from {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(names))  # keep the order, drop repeats
 
 
 def _check_writable_dir(folder: str, create: bool) -> str | None:
@@ -212,14 +248,14 @@ def main(argv=None) -> int:
     state, cached = pretrained_backbone(s, args.seed, cache_dir, progress)
     print(("Loaded the pretrained backbone from the cache (skipping pretraining): " if cached
            else "Pretrained the ViT on digits 0-4 and cached it in: ") + cache_dir)
-    records, gated = [], None
-    for method in ("lora", "ts-lora"):
+    records, gated = [], {}
+    for method in args.methods:
         record, pm, _ = finetune(method, state, s, args.seed, progress)
         records.append(record)
-        if method == "ts-lora":
-            gated = pm
+        if pm.gate_config is not None:
+            gated[method] = pm
     print(f"\nFine-tuning on digits 5-9 (seed {args.seed}; test set of the held-out split)\n")
-    print(report(records, gated, s.n_layer))
+    print(report(records, gated))
     print(f"\nTotal time {time.perf_counter() - start:.1f} s")
     if args.json is not None:
         with open(args.json, "w") as fh:

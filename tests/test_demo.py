@@ -20,7 +20,7 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     cache = tmp_path / "cache"
     assert demo.main(["--quick", "--no-progress", "--cache-dir", str(cache), "--json", str(out)]) == 0
     first = capsys.readouterr().out
-    assert "Pretrained" in first and "ts-lora" in first and "Block 0" in first
+    assert "Pretrained" in first and "ts-lora" in first and "block 0" in first
     records = json.loads(out.read_text())
     assert [r["method"] for r in records] == ["lora", "ts-lora"]
     for r in records:
@@ -44,6 +44,8 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     (["--json", "/proc/no/such/out.json"], "--json"),
     (["--cache-dir", "/proc/version/cache"], "--cache-dir"),
     (["--json", ""], "--json: the path is empty"),
+    (["--methods", "lora,qlora"], "unknown method(s) ['qlora']"),
+    (["--methods", ""], "unknown method"),
 ])
 def test_bad_options_give_one_line_errors(args, needle, tmp_path):
     extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path)]
@@ -112,3 +114,18 @@ def test_damaged_cache_is_retrained_not_fatal(tmp_path, capsys, damage):
     assert "Pretrained the ViT" in captured.out and "Ignoring the cached backbone" in captured.err
     assert demo.main(args) == 0  # the entry was rewritten whole
     assert "from the cache" in capsys.readouterr().out
+
+
+def test_every_method_runs_and_is_recorded(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    methods = ["lora", "ts-lora", "dora", "ts-dora", "adapter", "ts-adapter"]
+    assert demo.main(["--quick", "--no-progress", "--cache-dir", str(tmp_path), "--json", str(out),
+                      "--methods", ",".join(methods)]) == 0
+    records = json.loads(out.read_text())
+    assert [r["method"] for r in records] == methods
+    text = capsys.readouterr().out
+    for m in methods[1::2]:
+        assert f"{m} gates per layer" in text
+    counts = {r["method"]: r["trainable_params"] for r in records}
+    assert counts["ts-lora"] - counts["lora"] == 6 and counts["ts-adapter"] - counts["adapter"] == 2  # one tau each
+    assert counts["dora"] - counts["lora"] == 4 * 32 + 128 + 32  # magnitudes: q, k, v, o (32 each), fc1 (128), fc2 (32)
