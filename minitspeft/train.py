@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,10 +35,12 @@ class FitResult:
             (batch accuracy), and for gated models ``density`` (mean over
             gated layers) and ``tau`` (list per gated layer).
         seconds: wall-clock time of the loop.
+        notes: the gate problems ``fit`` warned about (dead layers, stuck thresholds).
     """
 
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    notes: list = field(default_factory=list)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
@@ -117,6 +120,10 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
     Returns:
         A :class:`FitResult` (its history includes the steps before a resume).
 
+    Warns:
+        RuntimeWarning: once, the first time a gated layer is dead (all gates
+            closed) or its threshold stuck (zero surrogate derivative everywhere).
+
     Raises:
         ValueError: for mismatched ``x``/``y`` lengths, non-positive sizes, or a
             checkpoint from other settings (nothing is changed then).
@@ -139,7 +146,7 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
         opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     fingerprint = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                    "warmup_steps": warmup_steps, "seed": seed, "n": len(x), "max_grad_norm": max_grad_norm}
-    result, first = FitResult(), 0
+    result, first, warned = FitResult(), 0, False
     if resume and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
         first, result.history = _load_checkpoint(checkpoint_dir, model, opt, fingerprint)
     model.train()
@@ -175,6 +182,11 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             record["density"] = float(np.mean([s["density"] for s in stats.values()]))
             record["tau"] = [s["tau"] for s in stats.values()]
             postfix["density"] = f"{record['density']:.2f}"
+            problems = peft.gate_problems() if gates_on and not warned else None
+            if problems:
+                result.notes.append(f"at step {step}: {problems}")
+                warnings.warn(f"fit: {result.notes[-1]}", RuntimeWarning, stacklevel=2)
+                warned = True
         result.history.append(record)
         bar.set_postfix(postfix, refresh=False)
         done = step + 1

@@ -124,13 +124,29 @@ class PeftModel(Module):
             g.reset_stats()
 
     def gate_stats(self) -> dict:
-        """Per gated layer: ``density`` and ``mean_r`` of the last forward, ``tau``, and
-        ``position_density`` (NumPy ``(T,)``, running since the last reset)."""
+        """Per gated layer: ``density`` and ``mean_r`` of the last forward, ``tau``,
+        ``position_density`` (NumPy ``(T,)``, running since the last reset), and two failure flags:
+        ``dead`` (every gate closed, so no gradient reaches the update directly) and ``stuck``
+        (the surrogate derivative is ~0 at every token, so ``tau`` cannot move)."""
         return {
             name: {"density": g.last_density, "tau": float(g.tau.data), "mean_r": g.last_mean_r,
-                   "position_density": g.position_density()}
+                   "position_density": g.position_density(), "dead": g.dead, "stuck": g.stuck}
             for name, g in self.gates()
         }
+
+    def gate_problems(self) -> str | None:
+        """A sentence naming the dead layers and stuck thresholds of the last forward, or None."""
+        stats = self.gate_stats()
+        dead = [n for n, v in stats.items() if v["dead"]]
+        stuck = [n for n, v in stats.items() if v["stuck"]]
+        parts = []
+        if dead:
+            parts.append(f"dead layers {dead} (every gate closed: their updates get no direct gradient; "
+                         "lower sparsity_weight or tau_lr, or add warmup_steps)")
+        if stuck:
+            parts.append(f"stuck thresholds {stuck} (the surrogate derivative is ~0 at every token, so tau "
+                         "cannot move; widen temperature or use surrogate='sigmoid')")
+        return "; ".join(parts) or None
 
     # ------------------------------------------------------ merge, disable
     def merge_adapter(self) -> None:
