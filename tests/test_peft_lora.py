@@ -40,7 +40,8 @@ def test_wrapping_names_freezing_and_counts(capsys):
     assert names["base_model.blocks.0.attn.q_proj.lora_B.weight"].shape == (16, 4)
     assert names["base_model.blocks.1.mlp.fc1.gate.tau"].shape == ()
     trainable = {n for n, p in names.items() if p.requires_grad}
-    expected = {n for n in names if ".lora_" in n or n.endswith(".tau") or n.startswith("base_model.head.modules_to_save.")}
+    expected = {n for n in names
+                if ".lora_" in n or n.endswith(".tau") or n.startswith("base_model.head.modules_to_save.")}
     assert trainable == expected
     n_train = sum(p.size for n, p in names.items() if n in expected)
     n_all = sum(p.size for p in names.values())
