@@ -34,9 +34,9 @@ def _rng(seed=0):
 @pytest.fixture(autouse=True)
 def _keep_host_rng():
     """Tests here reseed the library's host generator; give the previous one back afterwards."""
-    saved = backend._host_rng
+    saved = backend.get_rng_state()
     yield
-    backend._host_rng = saved
+    backend.set_rng_state(saved)
 
 
 def _compare_to_composite(fused, composite, *arrays, seed=0, rtol=1e-12, atol=1e-13):

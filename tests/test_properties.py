@@ -562,7 +562,7 @@ def test_linear(data, lead, n_in, n_out, with_bias, seed):
 
 def _dropout_with_fixed_mask(x, p, training, mask_seed, seed):
     """Reseeding before every call fixes the mask, so dropout is the linear map ``x * mask``."""
-    saved_rng = backend.host_rng()
+    saved_rng = backend.get_rng_state()
     try:
         def fn(t):
             backend.manual_seed(mask_seed)
@@ -576,7 +576,7 @@ def _dropout_with_fixed_mask(x, p, training, mask_seed, seed):
             np.testing.assert_array_equal(mask, 1.0)
         check_vjp(fn, lambda a: a * mask, x, seed=seed)
     finally:
-        backend._host_rng = saved_rng  # leave the global generator as other tests expect it
+        backend.set_rng_state(saved_rng)  # leave the global generator as other tests expect it
 
 
 @given(data=st.data(), shape=shapes(), p=reals(0.05, 0.9), mask_seed=st.integers(0, 2**16), seed=seeds)
@@ -622,12 +622,12 @@ def _distinct(shape, seed):
 
 
 def _seeded_dropout(t, p, mask_seed):
-    saved_rng = backend.host_rng()
+    saved_rng = backend.get_rng_state()
     try:
         backend.manual_seed(mask_seed)
         return F.dropout(t, p)
     finally:
-        backend._host_rng = saved_rng  # leave the global generator as other tests expect it
+        backend.set_rng_state(saved_rng)  # leave the global generator as other tests expect it
 
 
 _CE_TARGETS = np.array([[0, 3, -100], [2, 2, 1]])
