@@ -4,20 +4,12 @@ import warnings
 
 import numpy as np
 import pytest
+from toy import toy_images
 
 import minitspeft as mt
 from minitspeft import nn
 from minitspeft.peft import AdapterConfig, GateConfig, LoraConfig, get_peft_model
 from minitspeft.train import fit
-
-
-def _data(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, size=n)
-    x = rng.uniform(0, 0.3, size=(n, 4, 4)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, c] += 0.7
-    return x, y
 
 
 def _vit(dtype=None):
@@ -27,7 +19,7 @@ def _vit(dtype=None):
 
 
 def _trained_density(gate, steps=60):
-    x, y = _data()
+    x, y = toy_images(64)
     pm = get_peft_model(_vit(), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "fc1"]), gate=gate)
     result = fit(pm, x, y, steps=steps, batch_size=16, lr=1e-2, seed=0, progress=False)
     return float(np.mean([h["density"] for h in result.history[-10:]])), pm
@@ -75,7 +67,7 @@ def test_target_density_is_approached():
 
 
 def test_warmup_freezes_thresholds_then_releases_them():
-    x, y = _data()
+    x, y = toy_images(64)
     gate = GateConfig(sparsity_weight=0.5, tau_lr=0.05, warmup_steps=8, temperature=0.2)
     pm = get_peft_model(_vit(), LoraConfig(r=4, target_modules=["q_proj", "fc1"]), gate=gate)
     result = fit(pm, x, y, steps=20, batch_size=16, lr=1e-2, seed=0, progress=False)
@@ -85,7 +77,7 @@ def test_warmup_freezes_thresholds_then_releases_them():
 
 
 def test_dead_layer_is_flagged_and_fit_warns_once():
-    x, y = _data()
+    x, y = toy_images(64)
     pm = get_peft_model(_vit(), LoraConfig(r=4, target_modules=["q_proj", "fc1"]),
                         gate=GateConfig(tau_init=50.0, sparsity_weight=0.1))
     pm(x[:4])

@@ -2,21 +2,13 @@
 
 import numpy as np
 import pytest
+from toy import toy_images
 
 import minitspeft as mt
 from minitspeft import nn
 from minitspeft.optim import SGD, AdamW, clip_grad_norm
 from minitspeft.peft import GateConfig, LoraConfig, get_peft_model
 from minitspeft.train import CHECKPOINT, batch_indices, evaluate, fit
-
-
-def _data(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, size=n)
-    x = rng.uniform(0, 0.3, size=(n, 4, 4)).astype(np.float32)
-    for i, c in enumerate(y):
-        x[i, c] += 0.7
-    return x, y
 
 
 def _model(gated=False, dropout=0.1):
@@ -34,7 +26,7 @@ KW = dict(steps=12, batch_size=8, lr=1e-2, warmup_steps=2, seed=3, progress=Fals
 
 @pytest.mark.parametrize("gated", [False, True])
 def test_resume_ends_bit_for_bit_where_the_uninterrupted_run_ends(tmp_path, gated):
-    x, y = _data()
+    x, y = toy_images()
     ref = _model(gated)
     full = fit(ref, x, y, **KW)
 
@@ -73,7 +65,7 @@ def _fit_until(model, x, y, folder, stop_after):
 
 
 def test_checkpoint_from_other_settings_is_refused_and_changes_nothing(tmp_path):
-    x, y = _data()
+    x, y = toy_images()
     fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path))
     model = _model()
     before = model.state_dict()
@@ -84,7 +76,7 @@ def test_checkpoint_from_other_settings_is_refused_and_changes_nothing(tmp_path)
 
 
 def test_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path):
-    x, y = _data()
+    x, y = toy_images()
     fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path))
     path = tmp_path / CHECKPOINT
     path.write_bytes(path.read_bytes()[:100])
@@ -97,7 +89,7 @@ def test_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path):
 
 
 def test_checkpoint_files_hold_no_pickles_and_no_temporaries(tmp_path):
-    x, y = _data()
+    x, y = toy_images()
     fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path), checkpoint_every=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT, CHECKPOINT + ".json"]
     with np.load(tmp_path / CHECKPOINT, allow_pickle=False) as z:
@@ -105,7 +97,7 @@ def test_checkpoint_files_hold_no_pickles_and_no_temporaries(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step():
-    x, y = _data()
+    x, y = toy_images()
     x = x.copy()
     x[np.arange(len(x)) == 5] = np.nan  # one poisoned example
     with pytest.raises(FloatingPointError, match=r"at step \d+"):
@@ -113,7 +105,7 @@ def test_nan_loss_stops_naming_the_step():
 
 
 def test_fit_is_deterministic_and_learns():
-    x, y = _data(60)
+    x, y = toy_images(60)
     a, b = _model(dropout=0.0), _model(dropout=0.0)
     ra = fit(a, x, y, **{**KW, "steps": 40})
     rb = fit(b, x, y, **{**KW, "steps": 40})
