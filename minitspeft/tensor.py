@@ -34,17 +34,23 @@ products in reverse topological order), as in PyTorch and HIPS autograd.
 from __future__ import annotations
 
 import functools
+import threading
 
 from . import backend
 
 
-class _GradMode:
+class _GradMode(threading.local):
+    """Whether ops record a graph: one flag per thread, as in PyTorch."""
+
     enabled = True
 
 
+_grad_mode = _GradMode()
+
+
 def is_grad_enabled() -> bool:
-    """Return whether ops currently record a graph."""
-    return _GradMode.enabled
+    """Return whether ops currently record a graph (in this thread)."""
+    return _grad_mode.enabled
 
 
 class no_grad:
@@ -60,12 +66,12 @@ class no_grad:
     """
 
     def __enter__(self):
-        self._prev = _GradMode.enabled
-        _GradMode.enabled = False
+        self._prev = _grad_mode.enabled
+        _grad_mode.enabled = False
         return self
 
     def __exit__(self, *exc):
-        _GradMode.enabled = self._prev
+        _grad_mode.enabled = self._prev
         return False
 
     def __call__(self, fn):
@@ -81,8 +87,8 @@ class enable_grad(no_grad):
     """Context manager and decorator that turns graph recording back on inside ``no_grad``."""
 
     def __enter__(self):
-        self._prev = _GradMode.enabled
-        _GradMode.enabled = True
+        self._prev = _grad_mode.enabled
+        _grad_mode.enabled = True
         return self
 
 
@@ -140,7 +146,7 @@ class Tensor:
         out.grad = None
         out._retain = False
         out._op = op
-        needs = _GradMode.enabled and any(p.requires_grad for p in parents)
+        needs = _grad_mode.enabled and any(p.requires_grad for p in parents)
         out.requires_grad = needs
         out._parents = tuple(parents) if needs else ()
         out._backward = backward if needs else None

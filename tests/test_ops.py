@@ -746,3 +746,25 @@ def test_frozen_branch_in_a_larger_graph():
     (h * w.sum(axis=0)).sum().backward()
     assert w.grad is None
     assert x.grad is not None
+
+
+def test_no_grad_is_per_thread():
+    import threading
+
+    seen = {}
+    entered, release = threading.Event(), threading.Event()
+
+    def other():
+        with mt.no_grad():
+            entered.set()
+            release.wait(5)
+            seen["other"] = mt.is_grad_enabled()
+
+    t = threading.Thread(target=other)
+    t.start()
+    entered.wait(5)
+    x = Tensor(np.ones(2), requires_grad=True)
+    seen["main"] = (x * 2.0).requires_grad  # the other thread's no_grad must not leak here
+    release.set()
+    t.join()
+    assert seen == {"main": True, "other": False}

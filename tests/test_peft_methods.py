@@ -264,3 +264,21 @@ def test_modules_to_save_trains_a_copy():
     wrapper.modules_to_save.weight.data += 1.0
     np.testing.assert_array_equal(wrapper.original_module.weight.data, original)
     assert "head.modules_to_save.weight" in pm.adapter_state_dict()
+
+
+def test_disable_adapter_on_a_merged_model_gives_the_base_output():
+    pm = get_peft_model(_vit(), LoraConfig(r=4, target_modules=TARGETS, init_lora_weights=False, use_dora=True))
+    x = _images()
+    with pm.disable_adapter():
+        base = pm(x).data.copy()
+    adapted = pm(x).data.copy()
+    pm.merge_adapter()
+    with pm.disable_adapter():
+        np.testing.assert_allclose(pm(x).data, base, rtol=1e-12)
+    np.testing.assert_allclose(pm(x).data, adapted, rtol=1e-10, atol=1e-12)  # merged again on exit
+    assert all(layer.merged for _, layer in pm.peft_layers())
+    layer = pm.base_model.blocks[0].attn.q_proj
+    layer.disabled = True  # set by hand on a merged layer: it still computes the true base output
+    with pm.disable_adapter():
+        pass
+    assert layer.disabled

@@ -16,7 +16,9 @@ class PeftLayer(Module):
 
     ``forward(x)`` computes the frozen output ``b = base_layer(x)`` and returns
     ``b + d`` with ``d = delta(x, b)``, or ``b + S * d`` when a gate is set
-    (TS-PEFT, arXiv 2511.16147). While ``disabled`` or ``merged`` it returns ``b``.
+    (TS-PEFT, arXiv 2511.16147). While ``merged`` it returns ``b`` (the update
+    is inside the weight); while ``disabled`` it returns the base output,
+    unmerging first if needed.
     """
 
     def _init_gate(self, gate: GateConfig | None, dtype) -> None:
@@ -28,6 +30,8 @@ class PeftLayer(Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.disabled and self.merged:
+            self.unmerge()  # a disabled layer must compute the true base output (as peft does)
         b = self.base_layer(x)
         if self.disabled or self.merged:
             return b

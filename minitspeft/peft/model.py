@@ -207,10 +207,14 @@ class PeftModel(Module):
         """Context manager: inside it the model computes the base model's output.
 
         Nests: the adapters stay off until the outermost block exits, then
-        each layer returns to the state it had before.
+        each layer returns to the state it had before. Merged layers are
+        unmerged inside and merged again on exit.
         """
         layers = [m for m in self.base_model.modules() if isinstance(m, (PeftLayer, ModulesToSaveWrapper))]
         previous = [m.disabled for m in layers]
+        merged = [m for m in layers if getattr(m, "merged", False)]
+        for m in merged:  # the base output needs the base weights
+            m.unmerge()
         for m in layers:
             m.disabled = True
         try:
@@ -218,6 +222,8 @@ class PeftModel(Module):
         finally:
             for m, was in zip(layers, previous, strict=True):
                 m.disabled = was
+            for m in merged:
+                m.merge()
 
     # ------------------------------------------------------ save and load
     def save_pretrained(self, directory: str) -> None:
