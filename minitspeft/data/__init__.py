@@ -1,5 +1,7 @@
 """Data: the bundled real handwritten digits and their train/test tasks."""
 
 from .digits import DigitsTask, digits_task, load_digits, stratified_split
+from .needle import CLS, MARKER, NEEDLE_VOCAB, NeedleTask, make_needle, needle_task
 
-__all__ = ["load_digits", "stratified_split", "digits_task", "DigitsTask"]
+__all__ = ["load_digits", "stratified_split", "digits_task", "DigitsTask",
+           "needle_task", "make_needle", "NeedleTask", "NEEDLE_VOCAB", "MARKER", "CLS"]
