@@ -196,7 +196,7 @@ def _seed(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m minitspeft.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=_seed, default=0, help="seed of data split, initialisation and batches (>= 0)")
-    p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (tiny model, few steps)")
+    p.add_argument("--quick", action="store_true", help="a smoke run of about a second (tiny model, few steps; accuracy near chance)")
     p.add_argument("--json", metavar="PATH", help="write one record per (task, method, seed) to PATH")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help=f"where the pretrained backbone is cached (default {default_cache_dir()})")

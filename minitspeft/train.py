@@ -136,6 +136,10 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
                          f"got {steps}, {batch_size} and {checkpoint_every}")
     if resume and checkpoint_dir is None:
         raise ValueError("fit: resume=True needs a checkpoint_dir")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
+                         "from_pretrained is frozen unless is_trainable=True)")
+    x, y = np.asarray(x), np.asarray(y)
     backend.manual_seed(seed)
     peft = model if isinstance(model, PeftModel) else None
     gated = peft is not None and peft.gate_config is not None

@@ -114,3 +114,20 @@ def test_sparsity_loss_gradient_reaches_tau_and_the_update():
     pm.sparsity_loss().backward()
     assert float(layer.gate.tau.grad) < 0  # descent raises tau
     assert np.abs(layer.lora_B.weight.grad).sum() > 0  # through r: shrinking updates also lowers mean(S)
+
+
+def test_a_disabled_pass_leaves_no_stale_gates_for_the_regulariser():
+    pm = get_peft_model(_vit(), LoraConfig(r=4, target_modules=["q_proj"]), gate=GateConfig(sparsity_weight=1.0))
+    x, _ = toy_images(4)
+    pm(x)
+    assert pm.sparsity_loss().item() == 1.0  # every gate open at the start
+    with pm.disable_adapter():
+        pm(x)
+    assert pm.sparsity_loss().item() == 0.0  # no gate was applied in the last pass
+
+
+@pytest.mark.parametrize("field,value", [("tau_init", float("inf")), ("sparsity_weight", float("inf")),
+                                         ("temperature", float("inf"))])
+def test_gate_config_rejects_infinities(field, value):
+    with pytest.raises(ValueError, match=field):
+        GateConfig(**{field: value})

@@ -125,3 +125,29 @@ def test_unload_restores_the_base_model():
     before = base.state_dict()
     pm = get_peft_model(base, LoraConfig(target_modules=["q_proj"], modules_to_save=["head"]))
     _unchanged(pm.unload(), before)
+
+
+def test_unload_after_merge_restores_the_original_weights():
+    base = _vit()
+    x = _images()
+    before = base(x).data.copy()
+    pm = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "fc1"], init_lora_weights=False))
+    pm.merge_adapter()
+    np.testing.assert_array_equal(pm.unload()(x).data, before)
+
+
+def test_adapter_for_another_architecture_is_refused(tmp_path):
+    _trained("lora").save_pretrained(str(tmp_path))
+    mt.manual_seed(0)
+    text = nn.Transformer(nn.TransformerConfig(vocab_size=8, n_layer=2, n_head=2, n_embd=16, n_classes=3))
+    with pytest.raises(ValueError, match="trained on a ViT, not a Transformer"):
+        PeftModel.from_pretrained(text, str(tmp_path))
+
+
+def test_fit_refuses_a_frozen_model(tmp_path):
+    from minitspeft.train import fit
+
+    _trained("lora").save_pretrained(str(tmp_path))
+    frozen = PeftModel.from_pretrained(_vit(), str(tmp_path))
+    with pytest.raises(ValueError, match="no trainable parameters.*is_trainable=True"):
+        fit(frozen, _images(), np.array([0, 1, 2]), steps=1, progress=False)

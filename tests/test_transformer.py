@@ -125,3 +125,33 @@ def test_to_double_and_back():
 def test_repr_names_the_layers():
     text = repr(_lm())
     assert "Transformer(" in text and "(q_proj): Linear(in_features=32, out_features=32, bias=True)" in text
+
+
+@pytest.mark.parametrize("ids", [np.zeros((1, 0), dtype=int), np.zeros((0, 3), dtype=int)])
+def test_empty_ids_are_refused(ids):
+    with pytest.raises(ValueError, match="at least one"):
+        _lm()(ids)
+
+
+@pytest.mark.parametrize("kwargs", [{"dropout": "0.1"}, {"n_classes": True}])
+def test_config_rejects_wrong_types(kwargs):
+    with pytest.raises(ValueError, match="TransformerConfig"):
+        nn.TransformerConfig(**kwargs)
+
+
+def test_generate_rejects_a_fractional_count():
+    with pytest.raises(ValueError, match="generate"):
+        _lm().generate(np.zeros((1, 1), dtype=int), 2.5)
+
+
+@pytest.mark.parametrize("value", [[[0.0] * 32] * 7, np.zeros((7, 32), dtype=complex)])
+def test_load_state_dict_takes_lists_and_refuses_complex(value):
+    model = _lm(dtype=np.float64)
+    state = model.state_dict()
+    state["tok_emb.weight"] = value
+    if isinstance(value, list):
+        model.load_state_dict(state)
+        assert not model.tok_emb.weight.data.any()
+    else:
+        with pytest.raises(ValueError, match="non-real"):
+            model.load_state_dict(state)

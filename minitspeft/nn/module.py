@@ -138,6 +138,10 @@ class Module:
                 at once; nothing is changed when it is raised.
         """
         params = dict(self.named_parameters())
+        state = {k: backend.asarray(v.data if isinstance(v, Tensor) else v) for k, v in state.items()}
+        bad = [f"{k} ({v.dtype})" for k, v in state.items() if v.dtype.kind not in "fiu"]
+        if bad:
+            raise ValueError(f"load_state_dict ({type(self).__name__}): non-real values for {bad}")
         missing = [k for k in params if k not in state]
         unexpected = [k for k in state if k not in params]
         wrong = [

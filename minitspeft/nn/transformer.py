@@ -79,9 +79,10 @@ class TransformerConfig:
                 raise ValueError(f"TransformerConfig: {name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"TransformerConfig: n_embd {self.n_embd} must be divisible by n_head {self.n_head}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"TransformerConfig: dropout must be in [0, 1), got {self.dropout}")
-        if self.n_classes is not None and (not isinstance(self.n_classes, int) or self.n_classes < 1):
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"TransformerConfig: dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.n_classes is not None and (not isinstance(self.n_classes, int) or isinstance(self.n_classes, bool)
+                                           or self.n_classes < 1):
             raise ValueError(f"TransformerConfig: n_classes must be a positive integer or None, got {self.n_classes!r}")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"TransformerConfig: pooling must be 'mean' or 'cls', got {self.pooling!r}")
@@ -176,6 +177,9 @@ class Transformer(_Trunk):
             raise ValueError(f"Transformer: token ids must be integers, got dtype {data.dtype}")
         if data.ndim != 2:
             raise ValueError(f"Transformer: token ids must be (B, T), got shape {tuple(data.shape)}")
+        if data.shape[1] == 0 or data.shape[0] == 0:
+            raise ValueError(f"Transformer: token ids must hold at least one sequence of one token, "
+                             f"got shape {tuple(data.shape)}")
         if data.shape[1] > c.block_size:
             raise ValueError(f"Transformer: sequence length {data.shape[1]} exceeds block_size {c.block_size}")
         if data.size and (int(data.min()) < 0 or int(data.max()) >= c.vocab_size):
@@ -217,7 +221,9 @@ class Transformer(_Trunk):
         c = self.config
         if c.n_classes is not None or not c.causal:
             raise ValueError("generate: needs a causal language model (causal=True, n_classes=None)")
-        if max_new_tokens < 0 or not temperature > 0 or (top_k is not None and not 1 <= top_k <= c.vocab_size):
+        ints = isinstance(max_new_tokens, int) and (top_k is None or isinstance(top_k, int))
+        if not ints or max_new_tokens < 0 or not temperature > 0 or \
+                (top_k is not None and not 1 <= top_k <= c.vocab_size):
             raise ValueError(f"generate: invalid max_new_tokens={max_new_tokens}, temperature={temperature}, "
                              f"top_k={top_k} (vocab_size {c.vocab_size})")
         out = backend.to_numpy(self.check_ids(idx)).astype(np.int64)

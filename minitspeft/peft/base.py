@@ -34,6 +34,8 @@ class PeftLayer(Module):
             self.unmerge()  # a disabled layer must compute the true base output (as peft does)
         b = self.base_layer(x)
         if self.disabled or self.merged:
+            if self.gate is not None:
+                self.gate.forget_last()  # no gates were applied in this pass
             return b
         d = self.delta(x, b)
         return self.gate(b, d) if self.gate is not None else b + d

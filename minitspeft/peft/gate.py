@@ -211,6 +211,10 @@ class TokenGate(Module):
         self._record(S, r)
         return out
 
+    def forget_last(self) -> None:
+        """Drop the last forward's gates (after a pass that applied none), so the regulariser skips this layer."""
+        self._inputs, self._soft, self._last_S = None, None, None
+
     @property
     def last_S(self) -> Tensor | None:
         """The last forward's gates ``S`` ``(...)`` (exactly 0 or 1), carrying the surrogate gradient

@@ -144,8 +144,10 @@ class PeftModel(Module):
             parts.append(f"dead layers {dead} (every gate closed: their updates get no direct gradient; "
                          "lower sparsity_weight or tau_lr, or add warmup_steps)")
         if stuck:
+            advice = "widen temperature" if self.gate_config.surrogate == "sigmoid" else \
+                "widen temperature or use surrogate='sigmoid'"
             parts.append(f"stuck thresholds {stuck} (the surrogate derivative is ~0 at every token, so tau "
-                         "cannot move; widen temperature or use surrogate='sigmoid')")
+                         f"cannot move; {advice})")
         return "; ".join(parts) or None
 
     # ------------------------------------------------------ merge, disable
@@ -194,7 +196,8 @@ class PeftModel(Module):
 
     def unload(self) -> Module:
         """Remove every adapter without merging: the base model as it was before wrapping
-        (its parameters' ``requires_grad`` restored)."""
+        (merged weights restored first, then its parameters' ``requires_grad``)."""
+        self.unmerge_adapter()
         for name, original in reversed(self._replaced):
             self._put(name, original)
         for p in self.base_model.parameters():
@@ -237,6 +240,7 @@ class PeftModel(Module):
         save_npz(os.path.join(directory, WEIGHTS_NAME), self.adapter_state_dict())
         save_json(os.path.join(directory, CONFIG_NAME), {
             "format_version": FORMAT_VERSION, "method": self.method,
+            "base_model_class": type(self.base_model).__name__,
             "peft_type": type(self.peft_config).__name__, "config": self.peft_config.to_dict(),
             "gate": None if self.gate_config is None else self.gate_config.to_dict()})
 
@@ -264,6 +268,10 @@ class PeftModel(Module):
             except json.JSONDecodeError as exc:
                 raise ValueError(f"from_pretrained: {CONFIG_NAME} is not valid JSON: {exc}") from None
         config, gate = _configs_from(meta)
+        saved_class = meta.get("base_model_class")
+        if saved_class is not None and saved_class != type(base_model).__name__:
+            raise ValueError(f"from_pretrained: the adapter was trained on a {saved_class}, "
+                             f"not a {type(base_model).__name__}")
         arrays, _ = load_arrays(os.path.join(directory, WEIGHTS_NAME))
         model = get_peft_model(base_model, config, gate)
         expected = model.adapter_state_dict()
