@@ -1,4 +1,4 @@
-"""Data: the bundled real handwritten digits and their train/test tasks."""
+"""Data: the bundled real handwritten digits, the synthetic needle task, and their splits."""
 
 from .digits import DigitsTask, digits_task, load_digits, stratified_split
 from .needle import CLS, MARKER, NEEDLE_VOCAB, NeedleTask, make_needle, needle_task
