@@ -20,13 +20,16 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     cache = tmp_path / "cache"
     assert demo.main(["--quick", "--no-progress", "--cache-dir", str(cache), "--json", str(out)]) == 0
     first = capsys.readouterr().out
-    assert "Pretrained" in first and "ts-lora" in first and "block 0" in first
+    assert "pretrained the backbone" in first and "ts-lora" in first and "block 0" in first
+    assert "token-level? " in first
     records = json.loads(out.read_text())
     assert [r["method"] for r in records] == ["lora", "ts-lora"]
     for r in records:
-        assert set(r) == {"task", "method", "seed", "trainable_params", "accuracy", "density", "tau", "seconds"}
+        assert set(r) == {"task", "method", "seed", "trainable_params", "accuracy", "density", "tau", "seconds",
+                          "layer_density"}
         assert r["task"] == "digits" and r["seed"] == 0 and 0 <= r["accuracy"] <= 1 and 0 <= r["density"] <= 1
-    assert records[0]["density"] == 1.0 and records[0]["tau"] is None
+    assert records[0]["density"] == 1.0 and records[0]["tau"] is None and records[0]["layer_density"] is None
+    assert records[1]["density"] == pytest.approx(sum(records[1]["layer_density"]) / 6)
     assert len(records[1]["tau"]) == 6 and all(t >= 0 for t in records[1]["tau"])  # 1 block x 6 targets
     assert demo.main(["--quick", "--no-progress", "--cache-dir", str(cache), "--json", str(out)]) == 0
     second = capsys.readouterr().out
@@ -46,6 +49,8 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     (["--json", ""], "--json: the path is empty"),
     (["--methods", "lora,qlora"], "unknown method(s) ['qlora']"),
     (["--methods", ""], "unknown method"),
+    (["--seeds", "0"], "seeds must be an integer >= 1"),
+    (["--task", "mnist"], "invalid choice"),
 ])
 def test_bad_options_give_one_line_errors(args, needle, tmp_path):
     extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path)]
@@ -111,7 +116,7 @@ def test_damaged_cache_is_retrained_not_fatal(tmp_path, capsys, damage):
     capsys.readouterr()
     assert demo.main(args) == 0
     captured = capsys.readouterr()
-    assert "Pretrained the ViT" in captured.out and "Ignoring the cached backbone" in captured.err
+    assert "pretrained the backbone" in captured.out and "Ignoring the cached backbone" in captured.err
     assert demo.main(args) == 0  # the entry was rewritten whole
     assert "from the cache" in capsys.readouterr().out
 
@@ -129,3 +134,41 @@ def test_every_method_runs_and_is_recorded(tmp_path, capsys):
     counts = {r["method"]: r["trainable_params"] for r in records}
     assert counts["ts-lora"] - counts["lora"] == 6 and counts["ts-adapter"] - counts["adapter"] == 2  # one tau each
     assert counts["dora"] - counts["lora"] == 4 * 32 + 128 + 32  # magnitudes: q, k, v, o (32 each), fc1 (128), fc2 (32)
+
+
+def test_needle_task_with_seeds_reports_salient_density(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert demo.main(["--quick", "--no-progress", "--cache-dir", str(tmp_path), "--json", str(out),
+                      "--task", "all", "--seeds", "2", "--methods", "lora,ts-lora"]) == 0
+    records = json.loads(out.read_text())
+    assert [(r["task"], r["seed"], r["method"]) for r in records] == [
+        (t, s, m) for t in ("digits", "needle") for s in (0, 1) for m in ("lora", "ts-lora")]
+    text = capsys.readouterr().out
+    assert "±" in text and "salient" in text
+    for r in records:
+        if r["task"] == "needle" and r["method"] == "ts-lora":
+            assert len(r["salient_density"]) == len(r["other_density"]) == 1  # one block in the quick model
+            assert all(0 <= v <= 1 for v in r["salient_density"] + r["other_density"])
+        elif r["task"] == "needle":
+            assert r["salient_density"] is None
+        else:
+            assert "salient_density" not in r
+
+
+def test_density_by_mask_counts_what_it_should():
+    import numpy as np
+
+    import minitspeft as mt
+    from minitspeft import nn
+    from minitspeft.experiment import density_by_mask
+    from minitspeft.peft import GateConfig, LoraConfig, get_peft_model
+
+    mt.manual_seed(0)
+    cfg = nn.TransformerConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, n_classes=2)
+    pm = get_peft_model(nn.Transformer(cfg), LoraConfig(r=1, target_modules=["q_proj"]), gate=GateConfig())
+    x = np.zeros((3, 4), dtype=int)
+    mask = np.array([[0, 1, 0, 0]] * 3, dtype=bool)
+    salient, other = density_by_mask(pm, x, mask)
+    assert salient == [1.0] and other == [1.0]  # tau = 0: every gate open
+    pm.base_model.blocks[0].attn.q_proj.gate.tau.data = np.asarray(np.float32(1.0))  # r = 0 < 1: all closed
+    assert density_by_mask(pm, x, mask) == ([0.0], [0.0])
