@@ -22,13 +22,15 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from .experiment import EXPERIMENTS, METHODS, finetune, pretrained_backbone, quick, token_level_summary
-from .viz import format_table, heatmap
+from .viz import format_table, heatmap, plot_heatmaps, plot_training, plot_tradeoff, pyplot
 
 DEFAULT_METHODS = ("lora", "ts-lora")
+SWEEP = (0.01, 0.03, 0.1, 0.3)  # sparsity weights of the accuracy-versus-density figure
 
 
 def default_cache_dir() -> str:
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write one record per (task, method, seed) to PATH")
     p.add_argument("--cache-dir", metavar="DIR", default=None,
                    help=f"where pretrained backbones are cached (default {default_cache_dir()})")
+    p.add_argument("--plot", metavar="DIR", help="write PNG figures to DIR (needs matplotlib; adds a sweep of "
+                                                  f"sparsity_weight {SWEEP} for ts-lora)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -162,16 +166,56 @@ def _check_paths(parser, args) -> str:
         problem = _check_writable_dir(os.path.dirname(os.path.abspath(args.json)), create=False)
         if problem:
             parser.error(f"--json: {problem}")
+    if args.plot is not None:
+        problem = _check_writable_dir(args.plot, create=True)
+        if problem:
+            parser.error(f"--plot: {problem}")
+        try:
+            pyplot()
+        except ImportError as exc:
+            parser.error(f"--plot: {exc}")
     return cache_dir
 
 
+def write_plots(exp, s, state: dict, records: list, first_gated: dict, folder: str, progress: bool) -> list:
+    """Write the task's PNG figures into ``folder``; return their paths.
+
+    ``{task}_gates.png``: where each TS method's gates open, per block (first seed);
+    ``{task}_training.png``: density and tau over training steps;
+    ``{task}_tradeoff.png``: accuracy against density for TS-LoRA over ``SWEEP`` (extra runs, first seed).
+    """
+    paths = []
+    if first_gated:
+        grids, titles = [], []
+        for method, (_, pm, _) in first_gated.items():
+            stats = pm.gate_stats()
+            for b in sorted({int(k.split(".")[1]) for k in stats}):
+                pos = np.mean([v["position_density"] for k, v in stats.items() if k.startswith(f"blocks.{b}.")], 0)
+                grids.append(pos[1:].reshape(exp.grid) if exp.grid else pos[None, :])
+                titles.append(f"{method} block {b}" + (f" (CLS {pos[0]:.2f})" if exp.grid else " (positions)"))
+        paths.append(os.path.join(folder, f"{exp.name}_gates.png"))
+        plot_heatmaps(paths[-1], grids, titles)
+        paths.append(os.path.join(folder, f"{exp.name}_training.png"))
+        plot_training(paths[-1], {m: result.history for m, (_, _, result) in first_gated.items()})
+    points = []
+    for weight in SWEEP:
+        record, _, _ = finetune(exp, "ts-lora", state, replace(s, sparsity_weight=weight), records[0]["seed"],
+                                progress)
+        points.append((weight, record["density"], record["accuracy"]))
+    dense = [r["accuracy"] for r in records if r["method"] == "lora" and r["seed"] == records[0]["seed"]]
+    paths.append(os.path.join(folder, f"{exp.name}_tradeoff.png"))
+    plot_tradeoff(paths[-1], points, dense[0] if dense else None)
+    return paths
+
+
 def run_task(exp, args, cache_dir: str) -> list:
-    """Run every method and seed of one task, print its report, and return its records."""
+    """Run every method and seed of one task, print its report (and figures), and return its records."""
     s = quick(exp.settings) if args.quick else exp.settings
     progress = not args.no_progress
-    records, first_gated = [], {}
+    records, first_gated, first_state = [], {}, None
     for seed in range(args.seed, args.seed + args.seeds):
         state, cached = pretrained_backbone(exp, s, seed, cache_dir, progress)
+        first_state = first_state or state
         print(f"[{exp.name}, seed {seed}] " + ("loaded the pretrained backbone from the cache (skipping pretraining)"
                                                if cached else f"pretrained the backbone and cached it in {cache_dir}"))
         for method in args.methods:
@@ -184,6 +228,9 @@ def run_task(exp, args, cache_dir: str) -> list:
     print(summary_table(records))
     for method, (record, pm, result) in first_gated.items():
         print(gate_report(exp, method, record, pm, result))
+    if args.plot:
+        for path in write_plots(exp, s, first_state, records, first_gated, args.plot, progress):
+            print(f"wrote {path}")
     print()
     return records
 

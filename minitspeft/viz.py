@@ -1,4 +1,4 @@
-"""Text pictures for the terminal: aligned tables and shaded heatmaps of gate density."""
+"""Pictures: aligned text tables and shaded heatmaps for the terminal, and PNG figures (needs matplotlib)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,80 @@ def heatmap(grid, title: str = "") -> str:
     for row in grid:
         lines.append("  " + " ".join(f"{v:4.2f}{shade(v) * 2}" for v in row))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ PNG figures (matplotlib, optional)
+
+
+def pyplot():
+    """Import matplotlib's pyplot with a file-only backend.
+
+    Raises:
+        ImportError: naming the extra to install when matplotlib is missing.
+    """
+    try:
+        import matplotlib  # noqa: PLC0415 - optional dependency
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install -e '.[plot]'") from exc
+    return plt
+
+
+def plot_heatmaps(path: str, grids: list, titles: list) -> None:
+    """Save one panel per grid (values in ``[0, 1]``, e.g. gate density per patch) side by side as a PNG.
+
+    Raises:
+        ValueError: if ``grids`` and ``titles`` differ in length or are empty.
+    """
+    if not grids or len(grids) != len(titles):
+        raise ValueError(f"plot_heatmaps: got {len(grids)} grids and {len(titles)} titles")
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.2), squeeze=False)
+    for ax, grid, title in zip(axes[0], grids, titles, strict=True):
+        im = ax.imshow(np.asarray(grid, dtype=float), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of token updates applied")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_training(path: str, histories: dict) -> None:
+    """Save mean density and each layer's ``tau`` over training steps, one line per method, as a PNG.
+
+    Args:
+        histories: ``{method: FitResult.history}`` of gated runs (records with ``density`` and ``tau``).
+    """
+    plt = pyplot()
+    fig, (ax_d, ax_t) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for method, history in histories.items():
+        steps = [h["step"] for h in history]
+        line = ax_d.plot(steps, [h["density"] for h in history], label=method)[0]
+        taus = np.array([h["tau"] for h in history])  # (steps, layers)
+        ax_t.plot(steps, taus, color=line.get_color(), alpha=0.5, linewidth=0.8)
+    ax_d.set(xlabel="step", ylabel="density (training batch)", ylim=(-0.02, 1.02), title="density")
+    ax_t.set(xlabel="step", ylabel="tau", title="tau per gated layer")
+    ax_d.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tradeoff(path: str, points: list, dense_accuracy: float | None = None) -> None:
+    """Save test accuracy against density, one point per ``(sparsity_weight, density, accuracy)``, as a PNG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p[1] for p in points], [p[2] for p in points], "o-")
+    for w, d, a in points:
+        ax.annotate(f"{w:g}", (d, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if dense_accuracy is not None:
+        ax.axhline(dense_accuracy, color="gray", linestyle="--", label="dense")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="density of applied token updates", ylabel="test accuracy",
+           title="accuracy vs density (labels: sparsity_weight)", xlim=(-0.02, 1.02))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

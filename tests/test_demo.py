@@ -172,3 +172,15 @@ def test_density_by_mask_counts_what_it_should():
     assert salient == [1.0] and other == [1.0]  # tau = 0: every gate open
     pm.base_model.blocks[0].attn.q_proj.gate.tau.data = np.asarray(np.float32(1.0))  # r = 0 < 1: all closed
     assert density_by_mask(pm, x, mask) == ([0.0], [0.0])
+
+
+def test_plot_writes_the_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert demo.main(["--quick", "--no-progress", "--cache-dir", str(tmp_path), "--task", "all",
+                      "--methods", "lora,ts-lora,ts-dora", "--plot", str(plots)]) == 0
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == sorted(f"{t}_{k}.png" for t in ("digits", "needle") for k in ("gates", "training", "tradeoff"))
+    for p in plots.iterdir():
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    assert capsys.readouterr().out.count("wrote ") == 6
