@@ -26,7 +26,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .experiment import EXPERIMENTS, METHODS, finetune, pretrained_backbone, quick, token_level_summary
+from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretrained_backbone, quick,
+                         token_level_summary)
 from .viz import format_table, heatmap, plot_heatmaps, plot_training, plot_tradeoff, pyplot
 
 DEFAULT_METHODS = ("lora", "ts-lora")
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"where pretrained backbones are cached (default {default_cache_dir()})")
     p.add_argument("--plot", metavar="DIR", help="write PNG figures to DIR (needs matplotlib; adds a sweep of "
                                                   f"sparsity_weight {SWEEP} for ts-lora)")
+    p.add_argument("--analysis", choices=["importance"], help="also run the module-importance study: rank layers "
+                   "by learned density and by dense update norm, fine-tune the top layers of each")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
@@ -231,8 +234,23 @@ def run_task(exp, args, cache_dir: str) -> list:
     if args.plot:
         for path in write_plots(exp, s, first_state, records, first_gated, args.plot, progress):
             print(f"wrote {path}")
+    if args.analysis == "importance":
+        print(importance_report(exp, importance_study(exp, s, first_state, args.seed, progress)))
     print()
     return records
+
+
+def importance_report(exp, study: dict) -> str:
+    """The module-importance study as text: both rankings and the accuracy of each top-layer choice."""
+    rows = [[f"{i + 1}", d[0], f"{d[1]:.3f}", n[0], f"{n[1]:.3f}"]
+            for i, (d, n) in enumerate(zip(study["density_ranking"], study["norm_ranking"], strict=True))]
+    out = ["", f"{exp.name}: module importance (seed of the first run)",
+           format_table(["rank", "by TS-LoRA density", "density", "by dense update norm", "||dW||"], rows), "",
+           "LoRA on the top layers of each ranking, same parameter budget:"]
+    out.append(format_table(["ranking", "layers", "trainable params", "test accuracy"],
+                            [[r["ranking"], str(len(r["layers"])), f"{r['trainable_params']:,}",
+                              f"{r['accuracy']:.3f}"] for r in study["runs"]]))
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:

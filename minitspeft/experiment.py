@@ -139,7 +139,7 @@ def pretrained_backbone(exp, s: Settings, seed: int, cache_dir: str, progress: b
     return state, False
 
 
-def peft_configs(method: str, s: Settings) -> tuple:
+def peft_configs(method: str, s: Settings, targets=None) -> tuple:
     """``(config, gate)`` for a method of :data:`METHODS`; the TS twin shares its base's config.
 
     Raises:
@@ -149,8 +149,8 @@ def peft_configs(method: str, s: Settings) -> tuple:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     base = method.removeprefix("ts-")
     if base in ("lora", "dora"):
-        config = LoraConfig(r=s.r, lora_alpha=s.lora_alpha, target_modules=TARGETS, use_dora=base == "dora",
-                            modules_to_save=["head"])
+        config = LoraConfig(r=s.r, lora_alpha=s.lora_alpha, target_modules=list(targets or TARGETS),
+                            use_dora=base == "dora", modules_to_save=["head"])
     else:
         config = AdapterConfig(bottleneck=s.adapter_bottleneck, placement="houlsby", modules_to_save=["head"])
     gate = None
@@ -160,19 +160,20 @@ def peft_configs(method: str, s: Settings) -> tuple:
     return config, gate
 
 
-def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bool) -> tuple:
+def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bool, targets=None) -> tuple:
     """Fine-tune ``method`` on ``exp``'s second task; return ``(record, peft_model, fit_result)``.
 
     ``record`` holds ``task, method, seed, trainable_params, accuracy, density,
     tau, seconds, layer_density`` and, where the task marks salient tokens,
-    ``salient_density`` and ``other_density`` per block.
+    ``salient_density`` and ``other_density`` per block. ``targets`` (LoRA and
+    DoRA only) replaces the default target layers, e.g. with full dotted names.
     """
     x_tr, y_tr, x_te, y_te, mask_te, n_classes = exp.finetune_data(seed)
     backend.manual_seed(seed + 1)
     model = exp.backbone(s, state["head.weight"].shape[0])
     model.load_state_dict(state)
     model.head = nn.Linear(s.n_embd, n_classes)  # a new head for the new task
-    config, gate = peft_configs(method, s)
+    config, gate = peft_configs(method, s, targets)
     pm = get_peft_model(model, config, gate=gate)
     with warnings.catch_warnings():  # fit's gate warnings are in result.notes; the report prints them
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -240,3 +241,40 @@ def token_level_summary(layer_density: list, tol: float = 0.01) -> dict:
     d = np.asarray(layer_density, dtype=float)
     return {"open": int((d >= 1 - tol).sum()), "closed": int((d <= tol).sum()),
             "mixed": int(((d > tol) & (d < 1 - tol)).sum())}
+
+
+def importance_study(exp, s: Settings, state: dict, seed: int, progress: bool) -> dict:
+    """The paper's module-importance study at toy scale (the procedure is this project's own).
+
+    Train dense LoRA and TS-LoRA once; rank the target layers by TS-LoRA's
+    learned density and by the Frobenius norm of dense LoRA's update
+    ``||scaling B A||``; then fine-tune LoRA on only the top layers of each
+    ranking at an equal parameter budget: the density ranking takes the top
+    half of the layers, the norm ranking takes its layers in order while they
+    fit in the same number of parameters.
+
+    Returns:
+        ``{"density_ranking", "norm_ranking", "runs": [{"ranking", "layers", "trainable_params",
+        "accuracy"}, ...]}`` (rankings are lists of ``(layer, score)``, best first).
+    """
+    _, dense, _ = finetune(exp, "lora", state, s, seed, progress)
+    _, gated, _ = finetune(exp, "ts-lora", state, s, seed, progress)
+    norms = {name: float(np.linalg.norm(backend.to_numpy(layer.delta_weight()))) for name, layer in dense.peft_layers()}
+    densities = {name: float(np.mean(v["position_density"])) for name, v in gated.gate_stats().items()}
+    by_density = sorted(densities.items(), key=lambda kv: -kv[1])
+    by_norm = sorted(norms.items(), key=lambda kv: -kv[1])
+    cost = {name: s.r * (layer.base_layer.in_features + layer.base_layer.out_features)
+            for name, layer in dense.peft_layers()}
+    chosen = [name for name, _ in by_density[:len(by_density) // 2]]
+    budget = sum(cost[n] for n in chosen)
+    by_norm_chosen, used = [], 0
+    for name, _ in by_norm:
+        if used + cost[name] <= budget:
+            by_norm_chosen.append(name)
+            used += cost[name]
+    runs = []
+    for ranking, layers in (("density", chosen), ("update norm", by_norm_chosen)):
+        record, _, _ = finetune(exp, "lora", state, s, seed, progress, targets=layers)
+        runs.append({"ranking": ranking, "layers": layers, "trainable_params": record["trainable_params"],
+                     "accuracy": record["accuracy"]})
+    return {"density_ranking": by_density, "norm_ranking": by_norm, "runs": runs}

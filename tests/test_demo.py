@@ -184,3 +184,23 @@ def test_plot_writes_the_figures(tmp_path, capsys):
     for p in plots.iterdir():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     assert capsys.readouterr().out.count("wrote ") == 6
+
+
+def test_importance_study_ranks_and_respects_the_budget(tmp_path, capsys):
+    assert demo.main(["--quick", "--no-progress", "--cache-dir", str(tmp_path), "--analysis", "importance"]) == 0
+    text = capsys.readouterr().out
+    assert "module importance" in text and "same parameter budget" in text
+    from minitspeft.experiment import EXPERIMENTS, importance_study, pretrained_backbone, quick
+
+    exp = EXPERIMENTS["digits"]
+    s = quick(exp.settings)
+    state, cached = pretrained_backbone(exp, s, 0, str(tmp_path), False)
+    assert cached
+    study = importance_study(exp, s, state, 0, False)
+    for key in ("density_ranking", "norm_ranking"):
+        scores = [v for _, v in study[key]]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 6
+    by_density, by_norm = study["runs"]
+    assert by_density["layers"] == [n for n, _ in study["density_ranking"][:3]]
+    assert by_norm["trainable_params"] <= by_density["trainable_params"]
+    assert set(by_norm["layers"]) <= {n for n, _ in study["norm_ranking"]}
