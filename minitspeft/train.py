@@ -186,7 +186,7 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             record["density"] = float(np.mean([s["density"] for s in stats.values()]))
             record["tau"] = [s["tau"] for s in stats.values()]
             postfix["density"] = f"{record['density']:.2f}"
-            problems = peft.gate_problems() if gates_on and not warned else None
+            problems = peft.gate_problems(stats) if gates_on and not warned else None
             if problems:
                 result.notes.append(f"at step {step}: {problems}")
                 warnings.warn(f"fit: {result.notes[-1]}", RuntimeWarning, stacklevel=2)

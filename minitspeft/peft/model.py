@@ -134,9 +134,11 @@ class PeftModel(Module):
             for name, g in self.gates()
         }
 
-    def gate_problems(self) -> str | None:
-        """A sentence naming the dead layers and stuck thresholds of the last forward, or None."""
-        stats = self.gate_stats()
+    def gate_problems(self, stats: dict | None = None) -> str | None:
+        """A sentence naming the dead layers and stuck thresholds of the last forward, or None.
+
+        ``stats`` is a :meth:`gate_stats` result to reuse (computed when omitted)."""
+        stats = self.gate_stats() if stats is None else stats
         dead = [n for n, v in stats.items() if v["dead"]]
         stuck = [n for n, v in stats.items() if v["stuck"]]
         parts = []
