@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated methods from {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
     p.add_argument("--seed", type=_seed, default=0, help="first seed of data split, initialisation and batches (>= 0)")
     p.add_argument("--seeds", type=_count, default=1, help="run seeds seed..seed+N-1 and report mean ± spread")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="evaluate on the test split (default) or a validation split held out of the training "
+                        "data (for choosing settings without looking at the test split)")
     p.add_argument("--quick", action="store_true", help="a smoke run of about a second (tiny model, few steps; "
                                                         "accuracy near chance)")
     p.add_argument("--json", metavar="PATH", help="write one record per (task, method, seed) to PATH")
@@ -224,12 +227,13 @@ def run_task(exp, args, cache_dir: str) -> list:
         print(f"[{exp.name}, seed {seed}] " + ("loaded the pretrained backbone from the cache (skipping pretraining)"
                                                if cached else f"pretrained the backbone and cached it in {cache_dir}"))
         for method in args.methods:
-            record, pm, result = finetune(exp, method, state, s, seed, progress)
+            record, pm, result = finetune(exp, method, state, s, seed, progress, split=args.split)
             records.append(record)
             if pm.gate_config is not None and method not in first_gated:
                 first_gated[method] = (record, pm, result)
     seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}..{args.seed + args.seeds - 1}"
-    print(f"\n{exp.name}: fine-tuning results ({seeds}; test split)\n")
+    split = "test split" if args.split == "test" else "VALIDATION split: for choosing settings"
+    print(f"\n{exp.name}: fine-tuning results ({seeds}; {split})\n")
     print(summary_table(records))
     for method, (record, pm, result) in first_gated.items():
         print(gate_report(exp, method, record, pm, result))

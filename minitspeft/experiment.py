@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import backend, nn
-from .data import digits_task, needle_task
+from .data import digits_task, needle_task, stratified_split
 from .io import load_arrays, save_arrays
 from .peft import AdapterConfig, GateConfig, LoraConfig, get_peft_model
 from .tensor import no_grad
@@ -79,10 +79,17 @@ class DigitsExperiment:
         t = digits_task((0, 1, 2, 3, 4), seed=seed)
         return t.x_train, t.y_train, t.x_test, t.y_test, 5
 
-    def finetune_data(self, seed: int) -> tuple:
-        """``(x_train, y_train, x_test, y_test, salient_mask_test or None, n_classes)``."""
+    def finetune_data(self, seed: int, split: str = "test") -> tuple:
+        """``(x_train, y_train, x_eval, y_eval, salient_mask_eval or None, n_classes)``.
+
+        ``split="val"`` holds out a stratified fifth of the training images as
+        the evaluation set (for choosing settings); the test images are not used.
+        """
         t = digits_task((5, 6, 7, 8, 9), seed=seed)
-        return t.x_train, t.y_train, t.x_test, t.y_test, None, 5
+        if split == "test":
+            return t.x_train, t.y_train, t.x_test, t.y_test, None, 5
+        fit_idx, val_idx = stratified_split(t.y_train, 0.2, seed)
+        return t.x_train[fit_idx], t.y_train[fit_idx], t.x_train[val_idx], t.y_train[val_idx], None, 5
 
 
 class NeedleExperiment:
@@ -104,9 +111,12 @@ class NeedleExperiment:
         t = needle_task("first", seed=seed)
         return t.x_train, t.y_train, t.x_test, t.y_test, 10
 
-    def finetune_data(self, seed: int) -> tuple:
+    def finetune_data(self, seed: int, split: str = "test") -> tuple:
+        """As :meth:`DigitsExperiment.finetune_data`; ``split="val"`` evaluates on the task's validation split."""
         t = needle_task("sum", seed=seed + 1000)  # other sequences than pretraining saw
-        return t.x_train, t.y_train, t.x_test, t.y_test, t.mask_test, 10
+        if split == "test":
+            return t.x_train, t.y_train, t.x_test, t.y_test, t.mask_test, 10
+        return t.x_train, t.y_train, t.x_val, t.y_val, t.mask_val, 10
 
 
 EXPERIMENTS = {"digits": DigitsExperiment(), "needle": NeedleExperiment()}
@@ -163,15 +173,23 @@ def peft_configs(method: str, s: Settings, targets=None) -> tuple:
     return config, gate
 
 
-def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bool, targets=None) -> tuple:
+def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bool, targets=None,
+             split: str = "test") -> tuple:
     """Fine-tune ``method`` on ``exp``'s second task; return ``(record, peft_model, fit_result)``.
 
     ``record`` holds ``task, method, seed, trainable_params, accuracy, density,
     tau, seconds, layer_density`` and, where the task marks salient tokens,
     ``salient_density`` and ``other_density`` per block. ``targets`` (LoRA and
     DoRA only) replaces the default target layers, e.g. with full dotted names.
+    ``split="val"`` evaluates on a validation split instead of the test split
+    (for choosing settings; ``record["split"]`` says which was used).
+
+    Raises:
+        ValueError: for a split other than ``"test"`` or ``"val"``.
     """
-    x_tr, y_tr, x_te, y_te, mask_te, n_classes = exp.finetune_data(seed)
+    if split not in ("test", "val"):
+        raise ValueError(f"finetune: split must be 'test' or 'val', got {split!r}")
+    x_tr, y_tr, x_te, y_te, mask_te, n_classes = exp.finetune_data(seed, split)
     backend.manual_seed(seed + 1)
     model = exp.backbone(s, state["head.weight"].shape[0])
     model.load_state_dict(state)
@@ -195,6 +213,8 @@ def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bo
         "seconds": round(result.seconds, 2),
         "layer_density": layer_density if gate else None,
     }
+    if split != "test":
+        record["split"] = split
     if mask_te is not None:
         salient, other = density_by_mask(pm, x_te, mask_te) if gate else (None, None)
         record["salient_density"], record["other_density"] = salient, other

@@ -204,3 +204,22 @@ def test_importance_study_ranks_and_respects_the_budget(tmp_path, capsys):
     assert by_density["layers"] == [n for n, _ in study["density_ranking"][:3]]
     assert by_norm["trainable_params"] <= by_density["trainable_params"]
     assert set(by_norm["layers"]) <= {n for n, _ in study["norm_ranking"]}
+
+
+def test_validation_split_never_touches_the_test_images():
+    import numpy as np
+
+    from minitspeft.experiment import EXPERIMENTS
+
+    exp = EXPERIMENTS["digits"]
+    x_fit, _, x_val, _, _, _ = exp.finetune_data(0, "val")
+    x_train, _, x_test, _, _, _ = exp.finetune_data(0, "test")
+    assert len(x_fit) + len(x_val) == len(x_train)
+    test_rows = {row.tobytes() for row in x_test}
+    assert not any(row.tobytes() in test_rows for row in x_val)
+    rows = {row.tobytes() for row in x_train}
+    assert all(row.tobytes() in rows for row in np.concatenate([x_fit, x_val]))
+    needle = EXPERIMENTS["needle"]
+    _, _, xv, yv, mv, _ = needle.finetune_data(0, "val")
+    _, _, xt, _, _, _ = needle.finetune_data(0, "test")
+    assert len(xv) == len(yv) == len(mv) and not np.array_equal(xv[: len(xt)], xt[: len(xv)])
