@@ -4,10 +4,10 @@
    on handwritten digits 0-4; for **needle** a text encoder on "the value
    after the first marker".
 2. Freeze it; fine-tune a new head plus a PEFT method on the second task
-   (digits 5-9; "(value1 + value2) mod 10"): by default (a) dense LoRA on q,
-   k, v, o, fc1 and fc2, (b) TS-LoRA, whose gates apply each token's update
-   only where ``||d|| / ||b|| >= tau``; ``--methods`` adds DoRA, bottleneck
-   adapters and their TS twins.
+   (digits 5-9; "(value1 + value2) mod 10"): by default all six methods:
+   dense LoRA and DoRA on q, k, v, o, fc1 and fc2, bottleneck adapters, and
+   their TS twins, whose gates apply each token's update only where
+   ``||d|| / ||b|| >= tau``; ``--methods`` picks some.
 3. Print trainable parameters, test accuracy, density of applied token
    updates, tau per gated layer, seconds; how token-level the gating is; a
    heatmap of where block 0's gates open (digits) or the density on salient
@@ -30,7 +30,7 @@ from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretr
                          token_level_summary)
 from .viz import format_table, heatmap, plot_heatmaps, plot_training, plot_tradeoff, pyplot
 
-DEFAULT_METHODS = ("lora", "ts-lora")
+DEFAULT_METHODS = METHODS
 SWEEP = (0.01, 0.03, 0.1, 0.3)  # sparsity weights of the accuracy-versus-density figure
 
 

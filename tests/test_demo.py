@@ -23,7 +23,7 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     assert "pretrained the backbone" in first and "ts-lora" in first and "block 0" in first
     assert "token-level? " in first
     records = json.loads(out.read_text())
-    assert [r["method"] for r in records] == ["lora", "ts-lora"]
+    assert [r["method"] for r in records] == ["lora", "ts-lora", "dora", "ts-dora", "adapter", "ts-adapter"]
     for r in records:
         assert set(r) == {"task", "method", "seed", "trainable_params", "accuracy", "density", "tau", "seconds",
                           "layer_density"}
