@@ -55,7 +55,9 @@ class Settings:
     # accuracy (0.918 / 0.913 / 0.918; one image is 0.007) and T = 0.2 applies the fewest updates
     # (density 0.35 / 0.31 / 0.37)
     temperature: float = 0.2
-    sparsity_weight: float = 0.1
+    # sparsity_weight: on the digits validation split (seeds 0-2) 0.1 gave accuracy 0.913 at density 0.31 and
+    # 0.05 gave 0.935 at 0.54 (LoRA: 0.948); 0.05 keeps the density under 0.6 with the smaller loss
+    sparsity_weight: float = 0.05
     tau_lr: float = 1e-2
     gate_warmup_steps: int = 0
 
