@@ -99,6 +99,15 @@ class Module:
             mod = child
         return mod
 
+    def set_submodule(self, name: str, module: "Module") -> None:
+        """Put ``module`` at dotted ``name`` (its parent must exist), as ``torch.nn.Module.set_submodule``.
+
+        Raises:
+            AttributeError: naming the missing parent.
+        """
+        parent, _, attr = name.rpartition(".")
+        setattr(self.get_submodule(parent), attr, module)
+
     # --------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> "Module":
         """Set training mode (dropout active) on this module and all sub-modules."""

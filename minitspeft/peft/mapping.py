@@ -63,11 +63,6 @@ def _saved_modules(modules: dict, names) -> list:
     return saved
 
 
-def _replace(model: Module, name: str, new: Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), attr, new)
-
-
 def get_peft_model(model: Module, config, gate: GateConfig | None = None) -> PeftModel:
     """Wrap ``model``'s targets with LoRA, DoRA or bottleneck adapters (token-gated when ``gate`` is given), in place.
 
@@ -116,10 +111,10 @@ def get_peft_model(model: Module, config, gate: GateConfig | None = None) -> Pef
         else:
             block = modules[name.rpartition(".")[0]]
             layer = AdapterLayer(original, block.ln1.normalized_shape, config, gate, dtype=block.ln1.weight.dtype)
-        _replace(model, name, layer)
+        model.set_submodule(name, layer)
         replaced.append((name, original))
     for name in saved:
-        _replace(model, name, ModulesToSaveWrapper(modules[name]))
+        model.set_submodule(name, ModulesToSaveWrapper(modules[name]))
         replaced.append((name, modules[name]))
     if getattr(config, "bias", "none") == "all":
         for name, p in model.named_parameters():

@@ -186,22 +186,18 @@ class PeftModel(Module):
         self.merge_adapter()
         for name, m in list(self.base_model.named_modules()):
             if isinstance(m, PeftLayer):
-                self._put(name, m.base_layer)
+                self.base_model.set_submodule(name, m.base_layer)
             elif isinstance(m, ModulesToSaveWrapper):
-                self._put(name, m.modules_to_save)
+                self.base_model.set_submodule(name, m.modules_to_save)
         self._replaced = []
         return self.base_model
-
-    def _put(self, name: str, module: Module) -> None:
-        parent, _, attr = name.rpartition(".")
-        setattr(self.base_model.get_submodule(parent), attr, module)
 
     def unload(self) -> Module:
         """Remove every adapter without merging: the base model as it was before wrapping
         (merged weights restored first, then its parameters' ``requires_grad``)."""
         self.unmerge_adapter()
         for name, original in reversed(self._replaced):
-            self._put(name, original)
+            self.base_model.set_submodule(name, original)
         for p in self.base_model.parameters():
             p.requires_grad_(self._requires_grad.get(id(p), p.requires_grad))
         self._replaced = []
