@@ -6,8 +6,10 @@ wraps the target layers and returns a :class:`PeftModel`.
 
 from .adapter import AdapterLayer
 from .base import ModulesToSaveWrapper, PeftLayer
-from .config import AdapterConfig, GateConfig, LoraConfig
-from .gate import TokenGate, surrogate_grad, threshold_step, token_ratio
+from .config import GATE_VARIANTS, AdapterConfig, GateConfig, LoraConfig
+from .gate import TokenGate, gated_update, reference_gate, threshold_step, token_ratio
+from .selection import router_score, sequence_ratio, top_k_step
+from .surrogates import SURROGATES, surrogate_grad, surrogate_step
 from .lora import LoraLinear
 from .mapping import get_peft_model
 from .model import PeftModel
@@ -15,4 +17,6 @@ from .model import PeftModel
 __all__ = [
     "LoraConfig", "AdapterConfig", "GateConfig", "PeftLayer", "LoraLinear", "AdapterLayer", "ModulesToSaveWrapper",
     "TokenGate", "PeftModel", "get_peft_model", "token_ratio", "threshold_step", "surrogate_grad",
+    "GATE_VARIANTS", "SURROGATES", "gated_update", "reference_gate", "surrogate_step", "sequence_ratio",
+    "router_score", "top_k_step",
 ]

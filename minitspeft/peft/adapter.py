@@ -27,13 +27,14 @@ class AdapterLayer(PeftLayer):
         n_embd: channels of ``h``.
         config: an :class:`AdapterConfig` (bottleneck size, activation).
         gate: a :class:`GateConfig` to gate the update per token, or None.
+        positions: the model's longest sequence, for a router gate's per-position offsets (or None).
 
     Raises:
         ValueError: if ``h`` does not have ``n_embd`` channels (at forward time).
     """
 
     def __init__(self, base_layer: Module, n_embd: int, config: AdapterConfig, gate: GateConfig | None = None,
-                 dtype=None):
+                 dtype=None, positions: int | None = None):
         self.base_layer = base_layer
         self.n_embd = n_embd
         self.bottleneck = config.bottleneck_size(n_embd)
@@ -43,7 +44,7 @@ class AdapterLayer(PeftLayer):
         xp = backend.xp
         self.adapter_up.weight.data = xp.zeros_like(self.adapter_up.weight.data)
         self.adapter_up.bias.data = xp.zeros_like(self.adapter_up.bias.data)
-        self._init_gate(gate, self.adapter_up.weight.dtype)
+        self._init_gate(gate, self.adapter_up.weight.dtype, n_embd, positions)
 
     def delta(self, x: Tensor, b: Tensor) -> Tensor:
         """The adapter's update from the sub-layer output ``b`` ``(..., n_embd)``."""

@@ -21,8 +21,8 @@ class PeftLayer(Module):
     unmerging first if needed.
     """
 
-    def _init_gate(self, gate: GateConfig | None, dtype) -> None:
-        self.gate = TokenGate(gate, dtype=dtype) if gate is not None else None
+    def _init_gate(self, gate: GateConfig | None, dtype, channels: int, positions: int | None = None) -> None:
+        self.gate = TokenGate(gate, dtype=dtype, channels=channels, positions=positions) if gate is not None else None
         self.disabled = False
         self.merged = False
 

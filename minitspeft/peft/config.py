@@ -164,11 +164,21 @@ class AdapterConfig:
 
 
 SURROGATES = ("sigmoid", "rect", "identity")
+SCORES = ("ratio", "seq_ratio", "router")
+# The named gate variants: the GateConfig fields each one sets (anything else stays as given).
+_VARIANTS = {
+    "paper": {"score": "ratio"},
+    "seq-ratio": {"score": "seq_ratio", "tau_init": 0.5},
+    "top-k": {"score": "ratio", "keep_ratio": 0.5},
+    "bounded": {"score": "ratio", "density_floor": 0.1, "density_ceiling": 0.9, "bounds_weight": 1.0},
+    "router": {"score": "router"},
+}
+GATE_VARIANTS = tuple(_VARIANTS)
 
 
 @dataclass
 class GateConfig:
-    """The token-selective gate of TS-PEFT (arXiv 2511.16147); the details are derived here (see TS-PEFT.md).
+    """The token-selective gate of TS-PEFT (arXiv 2511.16147) and its variants; the details are derived here.
 
     Per token ``i`` of a gated layer: ``r_i = ||d_i|| / (||b_i|| + eps)``,
     ``S_i = 1[r_i >= tau]``, output ``b_i + S_i d_i``.
@@ -184,7 +194,21 @@ class GateConfig:
             ``lambda * (mean(S) - target_density)^2``.
         tau_init: starting threshold (>= 0); 0 opens every gate.
         tau_lr: learning rate of the thresholds (> 0), or None for the model's.
-        warmup_steps: steps (>= 0) with thresholds frozen and no regulariser.
+        warmup_steps: steps (>= 0) with thresholds and routers frozen and no regulariser.
+        score: what is thresholded: ``"ratio"`` (the paper's ``r``),
+            ``"seq_ratio"`` (``r`` normalised per sequence) or ``"router"``
+            (a learned per-token score; departs from the paper). See
+            :mod:`minitspeft.peft.selection`.
+        keep_ratio: if set, in ``(0, 1]``: no threshold; each sequence opens its
+            ``ceil(keep_ratio * T)`` highest-scoring tokens (Mixture-of-Depths' budget).
+        density_floor, density_ceiling: per-layer density bounds,
+            ``0 <= floor <= ceiling <= 1``, enforced by the penalty
+            ``bounds_weight * mean_l(relu(floor - D_l)^2 + relu(D_l - ceiling)^2)``
+            over the gated layers ``l`` with densities ``D_l`` (after DyT's minimum-rate loss).
+        bounds_weight: weight of that penalty (>= 0; 0 turns it off).
+        router_lr: learning rate of the router weights (> 0), or None for the model's.
+
+    :meth:`variant` builds the named variants of :data:`GATE_VARIANTS`.
 
     Raises:
         ValueError: naming the first invalid field.
@@ -199,6 +223,30 @@ class GateConfig:
     tau_init: float = 0.0
     tau_lr: float | None = None
     warmup_steps: int = 0
+    score: str = "ratio"
+    keep_ratio: float | None = None
+    density_floor: float = 0.0
+    density_ceiling: float = 1.0
+    bounds_weight: float = 0.0
+    router_lr: float | None = None
+
+    @classmethod
+    def variant(cls, name: str, **fields) -> "GateConfig":
+        """The named gate variant (one of :data:`GATE_VARIANTS`) with any other field set by ``fields``.
+
+        ``"paper"``: the ratio and one threshold per layer (TS-PEFT, arXiv 2511.16147);
+        ``"seq-ratio"``: the ratio normalised within each sequence, ``tau_init=0.5`` (derived here);
+        ``"top-k"``: the ``ceil(T / 2)`` largest ratios of each sequence (Mixture-of-Depths, arXiv 2404.02258);
+        ``"bounded"``: the paper's gate with per-layer density bounds 0.1..0.9 (after DyT, NeurIPS 2024);
+        ``"router"``: a learned per-token score (after MoD and DyT; departs from the paper).
+        ``fields`` may override what the variant sets (e.g. ``keep_ratio=0.3``).
+
+        Raises:
+            ValueError: for an unknown name (listing the known ones) or an invalid field.
+        """
+        if name not in _VARIANTS:
+            raise ValueError(f"GateConfig.variant: unknown gate variant {name!r}; choose from {GATE_VARIANTS}")
+        return cls(**{**_VARIANTS[name], **fields})
 
     def __post_init__(self):
         n = "GateConfig"
@@ -216,6 +264,18 @@ class GateConfig:
             _check(_is_number(self.tau_lr) and self.tau_lr > 0, n, "tau_lr", self.tau_lr, "> 0 or None")
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, n, "warmup_steps", self.warmup_steps,
                "an integer >= 0")
+        _check(self.score in SCORES, n, "score", self.score, f"one of {SCORES}")
+        if self.keep_ratio is not None:
+            _check(_is_number(self.keep_ratio) and 0 < self.keep_ratio <= 1, n, "keep_ratio", self.keep_ratio,
+                   "in (0, 1] or None")
+        _check(_is_number(self.density_floor) and 0 <= self.density_floor <= 1, n, "density_floor",
+               self.density_floor, "in [0, 1]")
+        _check(_is_number(self.density_ceiling) and self.density_floor <= self.density_ceiling <= 1, n,
+               "density_ceiling", self.density_ceiling, f"in [density_floor={self.density_floor}, 1]")
+        _check(_is_number(self.bounds_weight) and self.bounds_weight >= 0, n, "bounds_weight",
+               self.bounds_weight, ">= 0")
+        if self.router_lr is not None:
+            _check(_is_number(self.router_lr) and self.router_lr > 0, n, "router_lr", self.router_lr, "> 0 or None")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,6 +26,8 @@ from .. import backend
 from ..nn.module import Module, Parameter
 from ..tensor import Tensor
 from .config import GateConfig
+from .selection import router_score, sequence_ratio, top_k_step
+from .surrogates import surrogate_grad, surrogate_step
 
 
 def _ratio(b, d, eps: float) -> tuple:
@@ -123,27 +125,6 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
     return Tensor._from_op(out, (b, d, tau), backward, "gated_update"), r, S
 
 
-def surrogate_grad(z, surrogate: str, temperature: float):
-    """``phi'(z)``, the straight-through stand-in for the step's derivative at ``z = r - tau``.
-
-    ``"sigmoid"``: ``sigma'(z / T) / T``; ``"rect"``: ``1[|z| <= T] / (2T)``;
-    ``"identity"``: 1. Source: TS-PEFT.md (derived here). ``z`` is a backend array.
-
-    Raises:
-        ValueError: for an unknown surrogate.
-    """
-    xp = backend.xp
-    T = z.dtype.type(temperature)
-    if surrogate == "sigmoid":
-        e = xp.exp(-xp.abs(z / T))  # sigma'(u) = e^-|u| / (1 + e^-|u|)^2, stable for any u
-        return e / ((1 + e) * (1 + e)) / T
-    if surrogate == "rect":
-        return (xp.abs(z) <= T).astype(z.dtype) / (2 * T)
-    if surrogate == "identity":
-        return xp.ones_like(z)
-    raise ValueError(f"surrogate_grad: unknown surrogate {surrogate!r}")
-
-
 def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1) -> Tensor:
     """The hard gate ``S = 1[r >= tau]`` (ties open) with a straight-through backward.
 
@@ -169,29 +150,80 @@ def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperatu
     return Tensor._from_op(S, (r, tau), backward, "threshold_step")
 
 
-STUCK_PEAK = 1e-4  # below this share of phi'(0) at every token, tau gets no usable gradient
+
+def reference_gate(b: Tensor, d: Tensor, score: Tensor, tau, surrogate: str = "sigmoid",
+                   temperature: float = 0.1) -> tuple:
+    """The gate in its most readable form, composed from primitives: ``S = H + phi(z) - stop_gradient(phi(z))``.
+
+    ``z = score - tau``, ``H = 1[z >= 0]`` is the hard step (a constant) and
+    ``phi`` the surrogate's smooth step (:func:`surrogate_step`): the forward
+    value of ``S`` is exactly ``H``, its gradient is ``phi'(z)``. The fused
+    :func:`gated_update` and the variants of :class:`TokenGate` must give the
+    same outputs and gradients (the tests check it).
+
+    Args:
+        b, d: ``(..., C)``; score: ``(...)`` Tensor; tau: a scalar Tensor or a
+            backend array broadcastable to ``score`` (a per-sequence boundary, held constant).
+
+    Returns:
+        ``(out, S)``: ``b + S d`` ``(..., C)`` and ``S`` ``(...)``.
+    """
+    z = score - tau
+    phi = surrogate_step(z, surrogate, temperature)
+    hard = Tensor((z.data >= 0).astype(score.dtype))
+    S = hard + phi - phi.detach()
+    return b + S.reshape(S.shape + (1,)) * d, S
+
+
+STUCK_PEAK = 1e-4  # below this share of phi'(0) at every token, the threshold gets no usable gradient
 
 
 class TokenGate(Module):
-    """One learnable threshold ``tau`` (shape ``()``, kept ``>= 0``) gating a layer's update per token.
+    """A token gate for one layer's update: ``out_i = b_i + S_i d_i`` with ``S_i`` exactly 0 or 1.
 
-    ``forward(b, d)`` takes the frozen output ``b`` and the update ``d``, both
-    ``(..., C)``, and returns ``b + S * d`` through :func:`gated_update`. It
-    keeps running statistics for ``gate_stats()`` and, for the sparsity
-    regulariser, ``last_S``: the last gate values as a Tensor whose gradient
-    is the surrogate's.
+    What is thresholded (``config.score``) and how tokens are picked
+    (``config.keep_ratio``) make the gate variants (:data:`GATE_VARIANTS`):
+
+    - ``score="ratio"``, threshold (the paper's, TS-PEFT arXiv 2511.16147):
+      ``S_i = 1[r_i >= tau]``, one fused op (:func:`gated_update`);
+    - ``score="seq_ratio"``: ``S_i = 1[s_i >= tau]`` with ``s`` the ratio
+      normalised per sequence (:func:`~minitspeft.peft.selection.sequence_ratio`);
+    - ``score="router"``: ``S_i = 1[1 + w . b_i/||b_i|| >= tau]`` with a
+      learned ``router_weight`` ``w`` ``(C,)`` (:func:`~minitspeft.peft.selection.router_score`);
+    - ``keep_ratio=k``: no ``tau``; each sequence opens its ``ceil(k T)``
+      best-scoring tokens (:func:`~minitspeft.peft.selection.top_k_step`).
+
+    The variants other than the paper's are composed from ops: the score, a
+    straight-through step (:func:`threshold_step` or ``top_k_step``), then
+    ``b + S d``; ``last_S`` is that very ``S``, which the regulariser reads.
 
     Args:
         config: a :class:`GateConfig`.
-        dtype: dtype of ``tau`` (that of the gated layer).
+        dtype: dtype of ``tau`` and ``router_weight`` (that of the gated layer).
+        channels: ``C``, the width of ``b`` and ``d`` (needed by the router).
+        positions: the longest sequence, for the router's per-position offsets (None: none).
+
+    Attributes:
+        tau: the threshold Parameter ``()``, kept ``>= 0``; None with a ``keep_ratio``.
+        router_weight: ``(C,)`` Parameter for ``score="router"``, else absent;
+        router_position_bias: ``(positions,)`` Parameter for the router when ``positions`` is given.
     """
 
-    def __init__(self, config: GateConfig, dtype=None):
+    def __init__(self, config: GateConfig, dtype=None, channels: int | None = None, positions: int | None = None):
         self.config = config
         dtype = dtype or backend.get_default_dtype()
-        self.tau = Parameter(backend.xp.asarray(config.tau_init, dtype=dtype), lower_bound=0.0)
+        xp = backend.xp
+        self.tau = None if config.keep_ratio is not None else \
+            Parameter(xp.asarray(config.tau_init, dtype=dtype), lower_bound=0.0)
+        if config.score == "router":
+            if channels is None:
+                raise ValueError("TokenGate: score='router' needs the number of channels of the gated output")
+            self.router_weight = Parameter(xp.zeros((channels,), dtype=dtype))
+            if positions is not None:
+                self.router_position_bias = Parameter(xp.zeros((positions,), dtype=dtype))
+        self._fused = config.score == "ratio" and config.keep_ratio is None
         self._inputs = None
-        self._soft = None
+        self._S = None
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -199,45 +231,68 @@ class TokenGate(Module):
         self.last_density = float("nan")
         self.last_mean_r = float("nan")
         self.last_surrogate_peak = float("nan")
+        self.last_score = None
         self._last_S = None
         self._pos_open = None
         self._pos_count = 0
 
+    def score(self, b: Tensor, d: Tensor) -> Tensor:
+        """What the gate thresholds, ``(...)`` per token (see the class docstring)."""
+        c = self.config
+        if c.score == "router":
+            return router_score(b, self.router_weight, c.eps, getattr(self, "router_position_bias", None))
+        if not c.grad_through_ratio:
+            b, d = b.detach(), d.detach()
+        r = token_ratio(b, d, c.eps)
+        return sequence_ratio(r, c.eps) if c.score == "seq_ratio" else r
+
     def forward(self, b: Tensor, d: Tensor) -> Tensor:
         c = self.config
-        out, r, S = gated_update(b, d, self.tau, c.surrogate, c.temperature, c.eps, c.grad_through_ratio)
-        self._inputs = (b, d) if out.requires_grad else None  # for last_S, built only if asked for
-        self._soft = None
-        self._record(S, r)
-        return out
+        if self._fused:
+            out, s, S = gated_update(b, d, self.tau, c.surrogate, c.temperature, c.eps, c.grad_through_ratio)
+            self._inputs = (b, d) if out.requires_grad else None  # last_S is built from them only if asked for
+            self._S = None
+            self._record(S, s, self.tau.data.reshape(()))
+            return out
+        _check_pair("TokenGate", b, d)
+        s = self.score(b, d)
+        if c.keep_ratio is None:
+            S, t = threshold_step(s, self.tau, c.surrogate, c.temperature), self.tau.data.reshape(())
+        else:
+            S, t = top_k_step(s, c.keep_ratio, c.surrogate, c.temperature)
+        self._inputs, self._S = None, S
+        self._record(S.data, s.data, t)
+        return b + S.reshape(S.shape + (1,)) * d
 
     def forget_last(self) -> None:
         """Drop the last forward's gates (after a pass that applied none), so the regulariser skips this layer."""
-        self._inputs, self._soft, self._last_S = None, None, None
+        self._inputs, self._S, self._last_S = None, None, None
 
     @property
     def last_S(self) -> Tensor | None:
         """The last forward's gates ``S`` ``(...)`` (exactly 0 or 1), carrying the surrogate gradient
-        towards ``tau`` (and through ``r`` when ``grad_through_ratio``): what the regulariser uses."""
+        towards the threshold and the score: what the regulariser uses."""
+        if self._S is not None:
+            return self._S
         if self._inputs is None:
             return None if self._last_S is None else Tensor(self._last_S)
-        if self._soft is None:
-            b, d = self._inputs
-            c = self.config
-            if not c.grad_through_ratio:
-                b, d = b.detach(), d.detach()
-            self._soft = threshold_step(token_ratio(b, d, c.eps), self.tau, c.surrogate, c.temperature)
-        return self._soft
+        b, d = self._inputs  # the paper's fused gate: rebuild S as ratio -> step once, for the regulariser
+        c = self.config
+        if not c.grad_through_ratio:
+            b, d = b.detach(), d.detach()
+        self._S = threshold_step(token_ratio(b, d, c.eps), self.tau, c.surrogate, c.temperature)
+        return self._S
 
-    def _record(self, S, r) -> None:
+    def _record(self, S, s, t) -> None:
         xp = backend.xp
         self._last_S = S
+        self.last_score = s
         self.last_density = float(S.mean())
-        self.last_mean_r = float(r.mean())
-        z = r - self.tau.data.reshape(())
-        peak = surrogate_grad(xp.zeros((), dtype=r.dtype), self.config.surrogate, self.config.temperature)
-        self.last_surrogate_peak = float(surrogate_grad(z, self.config.surrogate, self.config.temperature).max()
-                                         / peak) if z.size else float("nan")
+        self.last_mean_r = float(s.mean())
+        c = self.config
+        peak = surrogate_grad(xp.zeros((), dtype=s.dtype), c.surrogate, c.temperature)
+        self.last_surrogate_peak = float(surrogate_grad(s - t, c.surrogate, c.temperature).max() / peak) \
+            if s.size else float("nan")
         per_pos = S.reshape(-1, S.shape[-1]) if S.ndim >= 2 else S.reshape(-1, 1)  # (N, T)
         if self._pos_open is not None and self._pos_open.shape[0] != per_pos.shape[1]:
             self._pos_open, self._pos_count = None, 0  # a new sequence length starts new counts
@@ -252,7 +307,7 @@ class TokenGate(Module):
 
     @property
     def stuck(self) -> bool:
-        """The surrogate derivative was (numerically) zero at every token: ``tau`` cannot move."""
+        """The surrogate derivative was (numerically) zero at every token: the threshold cannot move."""
         return self.last_surrogate_peak < STUCK_PEAK
 
     def position_density(self):
@@ -263,4 +318,5 @@ class TokenGate(Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return f"surrogate={c.surrogate!r}, temperature={c.temperature}, tau={float(self.tau.data):.4g}"
+        where = f"tau={float(self.tau.data):.4g}" if self.tau is not None else f"keep_ratio={c.keep_ratio}"
+        return f"score={c.score!r}, surrogate={c.surrogate!r}, temperature={c.temperature}, {where}"

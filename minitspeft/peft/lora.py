@@ -38,6 +38,7 @@ class LoraLinear(PeftLayer):
         base_layer: the frozen ``Linear`` being adapted.
         config: a :class:`LoraConfig`.
         gate: a :class:`GateConfig` to gate the update per token, or None.
+        positions: the model's longest sequence, for a router gate's per-position offsets (or None).
 
     Initialisation (as in ``peft``): ``init_lora_weights=True``: A
     Kaiming-uniform (bound ``1/sqrt(in_features)``), B zero; ``"gaussian"``: A
@@ -50,7 +51,8 @@ class LoraLinear(PeftLayer):
         TypeError: if ``base_layer`` is not a ``Linear``.
     """
 
-    def __init__(self, base_layer: Linear, config: LoraConfig, gate: GateConfig | None = None):
+    def __init__(self, base_layer: Linear, config: LoraConfig, gate: GateConfig | None = None,
+                 positions: int | None = None):
         if not isinstance(base_layer, Linear):
             raise TypeError(f"LoraLinear: base_layer must be a Linear, got {type(base_layer).__name__}")
         dtype = base_layer.weight.dtype
@@ -67,7 +69,7 @@ class LoraLinear(PeftLayer):
             self.lora_B.weight.data = backend.xp.zeros_like(self.lora_B.weight.data)
         if self.use_dora:
             self.lora_magnitude_vector = Parameter(self.combined_weight_norm())
-        self._init_gate(gate, dtype)
+        self._init_gate(gate, dtype, base_layer.out_features, positions)
         self._unmerged_weight = None
 
     def delta_weight(self):

@@ -104,13 +104,16 @@ def get_peft_model(model: Module, config, gate: GateConfig | None = None) -> Pef
     requires_grad = {id(p): p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)
     replaced = []
+    pos_emb = getattr(model, "pos_emb", None)  # a router gate learns one offset per position of the model
+    positions = pos_emb.weight.shape[0] if isinstance(pos_emb, Module) else None
     for name in targets:  # adapter weights and thresholds are created trainable
         original = modules[name]
         if isinstance(config, LoraConfig):
-            layer = LoraLinear(original, config, gate)
+            layer = LoraLinear(original, config, gate, positions=positions)
         else:
             block = modules[name.rpartition(".")[0]]
-            layer = AdapterLayer(original, block.ln1.normalized_shape, config, gate, dtype=block.ln1.weight.dtype)
+            layer = AdapterLayer(original, block.ln1.normalized_shape, config, gate, dtype=block.ln1.weight.dtype,
+                                 positions=positions)
         model.set_submodule(name, layer)
         replaced.append((name, original))
     for name in saved:

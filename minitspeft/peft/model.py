@@ -16,8 +16,8 @@ from .config import AdapterConfig, GateConfig, LoraConfig
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.npz"
 FORMAT_VERSION = 1
-_ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector", ".gate.tau", ".adapter_down.",
-                  ".adapter_up.", ".modules_to_save.")
+_ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector", ".gate.tau", ".gate.router_",
+                  ".adapter_down.", ".adapter_up.", ".modules_to_save.")
 
 
 class PeftModel(Module):
@@ -62,8 +62,8 @@ class PeftModel(Module):
                 yield name, m.gate
 
     def thresholds(self) -> list:
-        """The ``tau`` Parameters of all gates."""
-        return [g.tau for _, g in self.gates()]
+        """The ``tau`` Parameters of all gates (none for gates with a ``keep_ratio``)."""
+        return [g.tau for _, g in self.gates() if g.tau is not None]
 
     def adapter_state_dict(self) -> dict:
         """``{name: array}`` (copies) of what :meth:`save_pretrained` writes: adapter weights, thresholds,
@@ -78,40 +78,64 @@ class PeftModel(Module):
         trainable, total = self.num_parameters(trainable_only=True), self.num_parameters()
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
+    def routers(self) -> list:
+        """The router Parameters (``router_weight``, ``router_position_bias``) of gates with ``score="router"``."""
+        return [p for _, g in self.gates() for name, p in g.named_parameters() if name.startswith("router_")]
+
     def optimizer_groups(self, lr: float, weight_decay: float = 0.0, tau_lr: float | None = None) -> list:
-        """Parameter groups: trainable weights, then the thresholds with their own learning rate
-        (``tau_lr``, else the gate config's ``tau_lr``, else ``lr``) and no weight decay."""
-        taus = {id(t) for t in self.thresholds()}
-        weights = [p for p in self.parameters() if p.requires_grad and id(p) not in taus]
+        """Parameter groups: trainable weights; the thresholds (``"name": "tau"``) with their own learning
+        rate (``tau_lr``, else the gate config's ``tau_lr``, else ``lr``); the routers (``"name": "router"``,
+        the gate config's ``router_lr`` or ``lr``). Gate groups have no weight decay."""
+        taus, routers = self.thresholds(), self.routers()
+        gate_ids = {id(p) for p in taus + routers}
+        weights = [p for p in self.parameters() if p.requires_grad and id(p) not in gate_ids]
         groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
         if taus:
             t_lr = tau_lr or (self.gate_config.tau_lr if self.gate_config else None) or lr
-            groups.append({"params": self.thresholds(), "lr": t_lr, "weight_decay": 0.0, "name": "tau"})
+            groups.append({"params": taus, "lr": t_lr, "weight_decay": 0.0, "name": "tau"})
+        if routers:
+            groups.append({"params": routers, "lr": self.gate_config.router_lr or lr, "weight_decay": 0.0,
+                           "name": "router"})
         return groups
 
     # -------------------------------------------------------------- gates
     def sparsity_loss(self) -> Tensor:
-        """The gate regulariser over all gated tokens and layers of the last forward pass.
+        """The gate regulariser over all gated tokens and layers of the last forward pass (derived here).
 
         ``sparsity_weight * mean(S)``, or ``sparsity_weight * (mean(S) - target_density)^2``
-        when a target is set (TS-PEFT.md, derived here). ``S`` carries the
-        surrogate gradient, so the loss pushes ``tau`` up. A zero scalar when
-        there is no gate or the weight is 0.
+        when a target is set, plus the density-bounds penalty
+        ``bounds_weight * mean_l(relu(density_floor - D_l)^2 + relu(D_l - density_ceiling)^2)``
+        over the layers' densities ``D_l = mean(S_l)`` (after DyT's minimum-rate
+        loss). ``S`` carries the surrogate gradient, so the first term pushes
+        the thresholds up and the bounds push each layer back inside them. A
+        zero scalar when there is no gate or both weights are 0.
         """
         gc = self.gate_config
         S = [g.last_S for _, g in self.gates() if g.last_S is not None]
         dtype = S[0].dtype if S else backend.get_default_dtype()
-        if gc is None or not S or gc.sparsity_weight == 0:
-            return Tensor(backend.xp.zeros((), dtype=dtype))
-        count = sum(s.size for s in S)
-        total = S[0].sum()
-        for s in S[1:]:
-            total = total + s.sum()
-        density = total * (1.0 / count)
-        if gc.target_density is None:
-            return density * gc.sparsity_weight
-        gap = density - gc.target_density
-        return gap * gap * gc.sparsity_weight
+        loss = Tensor(backend.xp.zeros((), dtype=dtype))
+        if gc is None or not S:
+            return loss
+        if gc.sparsity_weight:
+            count = sum(s.size for s in S)
+            total = S[0].sum()
+            for s in S[1:]:
+                total = total + s.sum()
+            density = total * (1.0 / count)
+            if gc.target_density is None:
+                loss = density * gc.sparsity_weight
+            else:
+                gap = density - gc.target_density
+                loss = gap * gap * gc.sparsity_weight
+        if gc.bounds_weight and (gc.density_floor > 0 or gc.density_ceiling < 1):
+            penalty = None
+            for s in S:
+                d_l = s.mean()
+                below, above = (d_l * -1.0 + gc.density_floor).relu(), (d_l - gc.density_ceiling).relu()
+                term = below * below + above * above
+                penalty = term if penalty is None else penalty + term
+            loss = loss + penalty * (gc.bounds_weight / len(S))
+        return loss
 
     def project_thresholds(self) -> None:
         """Apply ``tau <- max(tau, 0)`` to every gate (the optimisers here already do it after each step)."""
@@ -129,7 +153,8 @@ class PeftModel(Module):
         ``dead`` (every gate closed, so no gradient reaches the update directly) and ``stuck``
         (the surrogate derivative is ~0 at every token, so ``tau`` cannot move)."""
         return {
-            name: {"density": g.last_density, "tau": float(g.tau.data), "mean_r": g.last_mean_r,
+            name: {"density": g.last_density, "tau": None if g.tau is None else float(g.tau.data),
+                   "mean_r": g.last_mean_r,
                    "position_density": g.position_density(), "dead": g.dead, "stuck": g.stuck}
             for name, g in self.gates()
         }
