@@ -28,6 +28,7 @@ import numpy as np
 
 from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretrained_backbone, quick,
                          token_level_summary)
+from .peft import GATE_VARIANTS
 from .viz import format_table, heatmap, plot_heatmaps, plot_training, plot_tradeoff, pyplot
 
 DEFAULT_METHODS = METHODS
@@ -46,12 +47,18 @@ def _mean_spread(values: list) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
 
+def label(record: dict) -> str:
+    """The row name of a record: its method, with the gate variant unless it is the paper's (``ts-lora/router``)."""
+    gate = record.get("gate")
+    return record["method"] if gate in (None, "paper") else f"{record['method']}/{gate}"
+
+
 def summary_table(records: list) -> str:
     """One row per method: trainable params, accuracy, density (mean ± spread over seeds), tau range, seconds."""
     rows = []
-    for method in dict.fromkeys(r["method"] for r in records):
-        rs = [r for r in records if r["method"] == method]
-        taus = [t for r in rs if r["tau"] for t in r["tau"]]
+    for method in dict.fromkeys(label(r) for r in records):
+        rs = [r for r in records if label(r) == method]
+        taus = [t for r in rs if r["tau"] for t in r["tau"] if t is not None]
         rows.append([method, f"{rs[0]['trainable_params']:,}", _mean_spread([r["accuracy"] for r in rs]),
                      _mean_spread([r["density"] for r in rs]),
                      f"{min(taus):.3f}..{max(taus):.3f}" if taus else "-",
@@ -59,26 +66,61 @@ def summary_table(records: list) -> str:
     return format_table(["method", "trainable params", "test accuracy", "density", "tau range", "seconds"], rows)
 
 
+def _fmt(value, spec=".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def selection_table(records: list) -> str:
+    """One row per gated method: how well its gates select tokens (mean over seeds).
+
+    Columns: ``useless`` (share of the provably useless updates applied),
+    ``spread`` (std of ``S`` within a sequence), layers open/closed/mixed, and
+    where salient tokens are marked, per block ``salient/other`` densities
+    and ``token_auc`` of the gate's score."""
+    rows = []
+    for name in dict.fromkeys(label(r) for r in records if r.get("gate")):
+        rs = [r for r in records if label(r) == name]
+        mean = lambda key: None if rs[0][key] is None else float(np.mean([r[key] for r in rs]))  # noqa: E731
+        kinds = [token_level_summary(r["layer_density"]) for r in rs]
+        row = [name, _fmt(mean("useless_density")), _fmt(mean("seq_spread")),
+               "/".join(f"{np.mean([k[key] for k in kinds]):.3g}" for key in ("open", "closed", "mixed"))]
+        if rs[0]["salient_density"] is not None:
+            n_blocks = len(rs[0]["salient_density"])
+            for key in ("salient_density", "other_density", "token_auc"):
+                row.append(" ".join(f"{np.mean([r[key][b] for r in rs]):.2f}" for b in range(n_blocks)))
+        rows.append(row)
+    head = ["method", "useless", "spread", "open/closed/mixed"]
+    if rows and len(rows[0]) > len(head):
+        head += ["salient (per block)", "other (per block)", "token_auc (per block)"]
+    return format_table(head, rows)
+
+
 def gate_report(exp, method: str, record: dict, pm, result) -> str:
     """Per-layer gates, fit's notes, how token-level the gating is, and the task's picture, as text."""
     stats = pm.gate_stats()
-    rows = [[name, f"{v['tau']:.3f}", f"{d:.3f}", f"{v['mean_r']:.3f}"]
-            for (name, v), d in zip(stats.items(), record["layer_density"], strict=True)]
+    aucs = record.get("layer_token_auc") or [None] * len(stats)
+    rows = [[name, _fmt(v["tau"]), f"{d:.3f}", f"{v['mean_r']:.3f}", _fmt(a)]
+            for (name, v), d, a in zip(stats.items(), record["layer_density"], aucs, strict=True)]
     kinds = token_level_summary(record["layer_density"])
-    out = ["", f"{method} gates per layer (density and mean r on the test set, seed {record['seed']}):",
-           format_table(["gated layer", "tau", "density", "mean r"], rows)]
+    score = "r" if pm.gate_config.score == "ratio" else "score"
+    out = ["", f"{label(record)} gates per layer (density, mean {score} and token_auc on the evaluation set, "
+           f"seed {record['seed']}):",
+           format_table(["gated layer", "tau", "density", f"mean {score}", "token_auc"], rows)]
     out += [f"note: {note}" for note in result.notes]
     out.append(f"token-level? {kinds['open']} layers fully open, {kinds['closed']} fully closed, "
                f"{kinds['mixed']} mixed (a layer counts as full when within 0.01 of 0 or 1)")
+    if record.get("useless_density") is not None:
+        out.append(f"provably useless updates applied (last block, non-CLS positions of its per-position "
+                   f"layers): {record['useless_density']:.3f}")
     if exp.grid is not None:
         block0 = np.mean([v["position_density"] for k, v in stats.items() if k.startswith("blocks.0.")], axis=0)
         out += ["", heatmap(block0[1:].reshape(exp.grid),
-                            f"{method}, block 0: share of token updates applied per 2x2 patch "
+                            f"{label(record)}, block 0: share of token updates applied per 2x2 patch "
                             f"(mean over its gated layers; CLS token {block0[0]:.2f})")]
     if record.get("salient_density") is not None:
         rows = [[f"block {i}", f"{s:.3f}", f"{o:.3f}"]
                 for i, (s, o) in enumerate(zip(record["salient_density"], record["other_density"], strict=True))]
-        out += ["", f"{method}: share of token updates applied on salient tokens (markers, values) vs fillers:",
+        out += ["", f"{label(record)}: share of token updates applied on salient tokens (markers, values) vs fillers:",
                 format_table(["block", "salient", "filler"], rows)]
     return "\n".join(out)
 
@@ -112,6 +154,15 @@ def _count(text: str) -> int:
     return value
 
 
+def _gates(text: str) -> tuple:
+    names = tuple(g.strip() for g in text.split(",") if g.strip())
+    bad = [g for g in names if g not in GATE_VARIANTS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"unknown gate variant(s) {bad or [text]}; "
+                                         f"choose from {', '.join(GATE_VARIANTS)}")
+    return tuple(dict.fromkeys(names))
+
+
 def _methods(text: str) -> tuple:
     names = tuple(m.strip() for m in text.split(",") if m.strip())
     bad = [m for m in names if m not in METHODS]
@@ -127,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=["digits", "needle", "all"], default="digits", help="which task(s) to run")
     p.add_argument("--methods", type=_methods, default=DEFAULT_METHODS, metavar="M[,M...]",
                    help=f"comma-separated methods from {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--gate", type=_gates, default=("paper",), metavar="NAME[,NAME...]",
+                   help=f"gate variant(s) of the ts- methods, from {', '.join(GATE_VARIANTS)} (default paper: "
+                        "the ratio test of TS-PEFT); several run each ts- method once per variant")
     p.add_argument("--seed", type=_seed, default=0, help="first seed of data split, initialisation and batches (>= 0)")
     p.add_argument("--seeds", type=_count, default=1, help="run seeds seed..seed+N-1 and report mean ± spread")
     p.add_argument("--split", choices=["test", "val"], default="test",
@@ -227,14 +281,18 @@ def run_task(exp, args, cache_dir: str) -> list:
         print(f"[{exp.name}, seed {seed}] " + ("loaded the pretrained backbone from the cache (skipping pretraining)"
                                                if cached else f"pretrained the backbone and cached it in {cache_dir}"))
         for method in args.methods:
-            record, pm, result = finetune(exp, method, state, s, seed, progress, split=args.split)
-            records.append(record)
-            if pm.gate_config is not None and method not in first_gated:
-                first_gated[method] = (record, pm, result)
+            for gate in (args.gate if method.startswith("ts-") else ("paper",)):
+                record, pm, result = finetune(exp, method, state, s, seed, progress, split=args.split, gate=gate)
+                records.append(record)
+                if pm.gate_config is not None and label(record) not in first_gated:
+                    first_gated[label(record)] = (record, pm, result)
     seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}..{args.seed + args.seeds - 1}"
     split = "test split" if args.split == "test" else "VALIDATION split: for choosing settings"
     print(f"\n{exp.name}: fine-tuning results ({seeds}; {split})\n")
     print(summary_table(records))
+    if first_gated:
+        print(f"\nToken selection ({seeds}; mean over seeds):\n")
+        print(selection_table(records))
     for method, (record, pm, result) in first_gated.items():
         print(gate_report(exp, method, record, pm, result))
     if args.plot:

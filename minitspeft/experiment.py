@@ -26,8 +26,8 @@ import numpy as np
 from . import backend, nn
 from .data import digits_task, needle_task, stratified_split
 from .io import load_arrays, save_arrays
-from .peft import AdapterConfig, GateConfig, LoraConfig, get_peft_model
-from .tensor import no_grad
+from .peft import GATE_VARIANTS, AdapterConfig, GateConfig, LoraConfig, get_peft_model
+from .selectivity import gate_selectivity
 from .train import evaluate, fit
 
 METHODS = ("lora", "ts-lora", "dora", "ts-dora", "adapter", "ts-adapter")
@@ -73,6 +73,7 @@ class DigitsExperiment:
 
     name = "digits"
     settings = Settings()
+    gate_overrides: dict = {}  # per gate variant, GateConfig fields over ``settings``
     grid = (4, 4)
 
     def backbone(self, s: Settings, n_classes: int) -> nn.Module:
@@ -105,6 +106,7 @@ class NeedleExperiment:
     # without a warm-up every threshold outruns the slowly growing updates and all gates close
     settings = Settings(pretrain_steps=300, finetune_steps=400, finetune_lr=3e-3, temperature=0.5,
                         gate_warmup_steps=100, sparsity_weight=1.0, tau_lr=3e-3)
+    gate_overrides: dict = {}
     grid = None
 
     def backbone(self, s: Settings, n_classes: int) -> nn.Module:
@@ -157,50 +159,62 @@ def pretrained_backbone(exp, s: Settings, seed: int, cache_dir: str, progress: b
     return state, False
 
 
-def peft_configs(method: str, s: Settings, targets=None) -> tuple:
-    """``(config, gate)`` for a method of :data:`METHODS`; the TS twin shares its base's config.
+def peft_configs(method: str, s: Settings, targets=None, gate: str = "paper", overrides=None) -> tuple:
+    """``(config, gate_config)`` for a method of :data:`METHODS`; the TS twin shares its base's config.
+
+    ``gate`` names the gate variant (:data:`~minitspeft.peft.GATE_VARIANTS`) of
+    the TS methods; ``overrides`` (a dict) sets further :class:`GateConfig`
+    fields over the task's settings.
 
     Raises:
-        ValueError: for an unknown method.
+        ValueError: for an unknown method or gate variant.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if gate not in GATE_VARIANTS:
+        raise ValueError(f"unknown gate variant {gate!r}; choose from {', '.join(GATE_VARIANTS)}")
     base = method.removeprefix("ts-")
     if base in ("lora", "dora"):
         config = LoraConfig(r=s.r, lora_alpha=s.lora_alpha, target_modules=list(targets or TARGETS),
                             use_dora=base == "dora", modules_to_save=["head"])
     else:
         config = AdapterConfig(bottleneck=s.adapter_bottleneck, placement="houlsby", modules_to_save=["head"])
-    gate = None
+    gate_config = None
     if method.startswith("ts-"):
-        gate = GateConfig(surrogate="sigmoid", temperature=s.temperature, sparsity_weight=s.sparsity_weight,
-                          tau_lr=s.tau_lr, warmup_steps=s.gate_warmup_steps)
-    return config, gate
+        fields = {"surrogate": "sigmoid", "temperature": s.temperature, "sparsity_weight": s.sparsity_weight,
+                  "tau_lr": s.tau_lr, "warmup_steps": s.gate_warmup_steps, **(overrides or {})}
+        gate_config = GateConfig.variant(gate, **fields)
+    return config, gate_config
 
 
 def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bool, targets=None,
-             split: str = "test") -> tuple:
+             split: str = "test", gate: str = "paper") -> tuple:
     """Fine-tune ``method`` on ``exp``'s second task; return ``(record, peft_model, fit_result)``.
 
-    ``record`` holds ``task, method, seed, trainable_params, accuracy, density,
-    tau, seconds, layer_density`` and, where the task marks salient tokens,
-    ``salient_density`` and ``other_density`` per block. ``targets`` (LoRA and
-    DoRA only) replaces the default target layers, e.g. with full dotted names.
-    ``split="val"`` evaluates on a validation split instead of the test split
-    (for choosing settings; ``record["split"]`` says which was used).
+    ``record`` holds ``task, method, gate, seed, trainable_params, accuracy,
+    density, tau, seconds, layer_density`` and, for gated methods, the
+    selectivity measures of :func:`~minitspeft.selectivity.gate_selectivity`:
+    ``useless_density``, ``seq_spread`` (mean over layers) and, where the task
+    marks salient tokens, ``salient_density``, ``other_density`` and
+    ``token_auc`` per block and ``layer_token_auc`` per gated layer (None elsewhere).
+    ``targets`` (LoRA and DoRA only) replaces the default target layers, e.g.
+    with full dotted names. ``split="val"`` evaluates on a validation split
+    instead of the test split (for choosing settings; ``record["split"]`` says
+    which was used). ``gate`` names the TS methods' gate variant, with the
+    task's settings for it (``exp.gate_overrides``).
 
     Raises:
-        ValueError: for a split other than ``"test"`` or ``"val"``.
+        ValueError: for a split other than ``"test"`` or ``"val"``, or an unknown gate variant.
     """
     if split not in ("test", "val"):
         raise ValueError(f"finetune: split must be 'test' or 'val', got {split!r}")
+    config, gate_config = peft_configs(method, s, targets, gate, exp.gate_overrides.get(gate))
     x_tr, y_tr, x_te, y_te, mask_te, n_classes = exp.finetune_data(seed, split)
     backend.manual_seed(seed + 1)
     model = exp.backbone(s, state["head.weight"].shape[0])
     model.load_state_dict(state)
     model.head = nn.Linear(s.n_embd, n_classes)  # a new head for the new task
-    config, gate = peft_configs(method, s, targets)
-    pm = get_peft_model(model, config, gate=gate)
+    pm = get_peft_model(model, config, gate=gate_config)
     with warnings.catch_warnings():  # fit's gate warnings are in result.notes; the report prints them
         warnings.simplefilter("ignore", RuntimeWarning)
         result = fit(pm, x_tr, y_tr, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
@@ -209,58 +223,33 @@ def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bo
     acc = evaluate(pm, x_te, y_te)  # also fills the gates' per-position counts
     stats = pm.gate_stats()
     layer_density = [float(np.mean(v["position_density"])) for v in stats.values()]
+    gated = gate_config is not None
     record = {
-        "task": exp.name, "method": method, "seed": seed,
+        "task": exp.name, "method": method, "gate": gate if gated else None, "seed": seed,
         "trainable_params": pm.num_parameters(trainable_only=True),
         "accuracy": acc,
-        "density": float(np.mean(layer_density)) if gate else 1.0,
-        "tau": [v["tau"] for v in stats.values()] if gate else None,
+        "density": float(np.mean(layer_density)) if gated else 1.0,
+        "tau": [v["tau"] for v in stats.values()] if gated else None,
         "seconds": round(result.seconds, 2),
-        "layer_density": layer_density if gate else None,
+        "layer_density": layer_density if gated else None,
     }
     if split != "test":
         record["split"] = split
-    if mask_te is not None:
-        salient, other = density_by_mask(pm, x_te, mask_te) if gate else (None, None)
-        record["salient_density"], record["other_density"] = salient, other
+    record.update(selectivity_record(pm, x_te, mask_te) if gated else
+                  dict.fromkeys(("useless_density", "seq_spread", "salient_density", "other_density", "token_auc",
+                                 "layer_token_auc")))
     return record, pm, result
 
 
-@no_grad()
-def density_by_mask(pm, x, mask, batch_size: int = 256) -> tuple:
-    """Per block, the share of token updates applied on salient tokens and on the other (non-CLS) tokens.
-
-    Args:
-        pm: a gated PeftModel over sequences ``(N, T)``; x: inputs ``(N, T)``;
-            mask: bool ``(N, T)``, True at salient tokens (position 0, CLS, is never counted).
-
-    Returns:
-        ``(salient, other)``: lists with one float per block (``blocks.{i}``), each the mean over the block's
-        gated layers.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    other = ~mask
-    other[:, 0] = False
-    sums: dict = {}
-    was_training = pm.training
-    pm.eval()
-    try:
-        for i in range(0, len(x), batch_size):
-            pm(x[i:i + batch_size])
-            m, o = mask[i:i + batch_size], other[i:i + batch_size]
-            for name, gate in pm.gates():
-                S = backend.to_numpy(gate.last_S.data)  # (B, T)
-                acc = sums.setdefault(name, np.zeros(4))
-                acc += [(S * m).sum(), m.sum(), (S * o).sum(), o.sum()]
-    finally:
-        pm.train(was_training)
-    blocks = sorted({int(n.split(".")[1]) for n in sums})
-    salient, rest = [], []
-    for b in blocks:
-        rows = [v for n, v in sums.items() if n.startswith(f"blocks.{b}.")]
-        salient.append(float(np.mean([r[0] / max(r[1], 1) for r in rows])))
-        rest.append(float(np.mean([r[2] / max(r[3], 1) for r in rows])))
-    return salient, rest
+def selectivity_record(pm, x, mask) -> dict:
+    """The record fields of :func:`finetune` that measure token selection (see there)."""
+    sel = gate_selectivity(pm, x, mask)
+    out = {"useless_density": sel["useless_density"],
+           "seq_spread": float(np.mean([r["seq_spread"] for r in sel["layers"].values()]))}
+    for key in ("salient_density", "other_density", "token_auc"):
+        out[key] = [b[key] for b in sel["blocks"]] if mask is not None else None
+    out["layer_token_auc"] = [r["token_auc"] for r in sel["layers"].values()] if mask is not None else None
+    return out
 
 
 def token_level_summary(layer_density: list, tol: float = 0.01) -> dict:

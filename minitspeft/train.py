@@ -162,7 +162,7 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
         gates_on = gated and step >= gate_warmup
         if gated and not gates_on:
             for group in opt.param_groups:
-                if group.get("name") == "tau":
+                if group.get("name") in ("tau", "router"):
                     group["lr"] = 0.0
         idx = batch_indices(step, len(x), batch_size, seed)
         xb, yb = x[idx], backend.asarray(y[idx])
