@@ -29,7 +29,7 @@ import numpy as np
 from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretrained_backbone, quick,
                          token_level_summary)
 from .peft import GATE_VARIANTS
-from .viz import format_table, heatmap, plot_heatmaps, plot_training, plot_tradeoff, pyplot
+from .viz import format_table, heatmap, plot_heatmaps, plot_training, plot_tradeoff, pyplot, shade
 
 DEFAULT_METHODS = METHODS
 SWEEP = (0.01, 0.03, 0.1, 0.3)  # sparsity weights of the accuracy-versus-density figure
@@ -95,6 +95,31 @@ def selection_table(records: list) -> str:
     return format_table(head, rows)
 
 
+def layer_grid(record: dict) -> tuple:
+    """``(columns, layer names, grid)``: where each gated layer opens: at CLS, and on salient and other
+    tokens where the task marks them (else on all other tokens); ``grid`` is ``(layers, columns)``."""
+    layers = record["layer_selectivity"]
+    keys = ["cls_density", "salient_density", "other_density"] if record["salient_density"] is not None else \
+        ["cls_density", "non_cls_density"]
+    columns = ["CLS", "salient", "other"] if len(keys) == 3 else ["CLS", "other tokens"]
+    return columns, list(layers), np.array([[row[k] for k in keys] for row in layers.values()])
+
+
+def layer_picture(record: dict) -> str:
+    """:func:`layer_grid` as text: one row per gated layer, each value followed by its shade; ``*`` marks the
+    layers whose non-CLS updates are provably useless."""
+    columns, names, grid = layer_grid(record)
+    useless = {n for n, row in record["layer_selectivity"].items() if row["useless"]}
+    width = max(len(n) for n in names) + 2
+    lines = [f"{label(record)}: where the gates open, per layer (share of updates applied; "
+             "* = its non-CLS updates cannot reach the output)",
+             " " * width + "".join(f"{c:>9}" for c in columns)]
+    for name, row in zip(names, grid, strict=True):
+        mark = "*" if name in useless else " "
+        lines.append(f"{name + mark:<{width}}" + "".join(f"{v:7.2f}{shade(v) * 2}" for v in row))
+    return "\n".join(lines)
+
+
 def gate_report(exp, method: str, record: dict, pm, result) -> str:
     """Per-layer gates, fit's notes, how token-level the gating is, and the task's picture, as text."""
     stats = pm.gate_stats()
@@ -112,6 +137,7 @@ def gate_report(exp, method: str, record: dict, pm, result) -> str:
     if record.get("useless_density") is not None:
         out.append(f"provably useless updates applied (last block, non-CLS positions of its per-position "
                    f"layers): {record['useless_density']:.3f}")
+    out += ["", layer_picture(record)]
     if exp.grid is not None:
         block0 = np.mean([v["position_density"] for k, v in stats.items() if k.startswith("blocks.0.")], axis=0)
         out += ["", heatmap(block0[1:].reshape(exp.grid),
@@ -257,6 +283,10 @@ def write_plots(exp, s, state: dict, records: list, first_gated: dict, folder: s
                 titles.append(f"{method} block {b}" + (f" (CLS {pos[0]:.2f})" if exp.grid else " (positions)"))
         paths.append(os.path.join(folder, f"{exp.name}_gates.png"))
         plot_heatmaps(paths[-1], grids, titles)
+        pictures = [layer_grid(record) for record, _, _ in first_gated.values()]
+        paths.append(os.path.join(folder, f"{exp.name}_layers.png"))
+        plot_heatmaps(paths[-1], [grid for _, _, grid in pictures], list(first_gated),
+                      row_labels=pictures[0][1], col_labels=pictures[0][0])
         paths.append(os.path.join(folder, f"{exp.name}_training.png"))
         plot_training(paths[-1], {m: result.history for m, (_, _, result) in first_gated.items()})
     points = []

@@ -196,7 +196,8 @@ def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bo
     selectivity measures of :func:`~minitspeft.selectivity.gate_selectivity`:
     ``useless_density``, ``seq_spread`` (mean over layers) and, where the task
     marks salient tokens, ``salient_density``, ``other_density`` and
-    ``token_auc`` per block and ``layer_token_auc`` per gated layer (None elsewhere).
+    ``token_auc`` per block and ``layer_token_auc`` per gated layer (None elsewhere);
+    ``layer_selectivity`` holds every per-layer measure by layer name.
     ``targets`` (LoRA and DoRA only) replaces the default target layers, e.g.
     with full dotted names. ``split="val"`` evaluates on a validation split
     instead of the test split (for choosing settings; ``record["split"]`` says
@@ -237,7 +238,7 @@ def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bo
         record["split"] = split
     record.update(selectivity_record(pm, x_te, mask_te) if gated else
                   dict.fromkeys(("useless_density", "seq_spread", "salient_density", "other_density", "token_auc",
-                                 "layer_token_auc")))
+                                 "layer_token_auc", "layer_selectivity")))
     return record, pm, result
 
 
@@ -249,6 +250,7 @@ def selectivity_record(pm, x, mask) -> dict:
     for key in ("salient_density", "other_density", "token_auc"):
         out[key] = [b[key] for b in sel["blocks"]] if mask is not None else None
     out["layer_token_auc"] = [r["token_auc"] for r in sel["layers"].values()] if mask is not None else None
+    out["layer_selectivity"] = sel["layers"]
     return out
 
 

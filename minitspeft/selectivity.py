@@ -88,7 +88,7 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
 
     Returns:
         ``{"layers": {name: {...}}, "blocks": [...], "useless_density": float or None}``. Per layer:
-        ``density``, ``seq_spread`` (the standard deviation of ``S`` over a
+        ``density``, ``cls_density`` (at position 0), ``non_cls_density``, ``seq_spread`` (the standard deviation of ``S`` over a
         sequence's non-CLS tokens, averaged over sequences), ``useless``
         (whether :func:`useless_layers` lists it) and, with a mask,
         ``salient_density``, ``other_density`` and ``token_auc``. Per block
@@ -120,8 +120,9 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
         S, s = np.concatenate(S_all[name]), np.concatenate(s_all[name]).astype(np.float64)  # (N, T)
         if mask is not None and np.shape(mask) != S.shape:
             raise ValueError(f"gate_selectivity: mask has shape {np.shape(mask)}, the gates saw {S.shape}")
-        row = {"density": float(S.mean()), "seq_spread": float(S[:, 1:].std(axis=1).mean()),
-               "useless": name in useless}
+        row = {"density": float(S.mean()), "cls_density": float(S[:, 0].mean()),
+               "non_cls_density": float(S[:, 1:].mean()),
+               "seq_spread": float(S[:, 1:].std(axis=1).mean()), "useless": name in useless}
         if mask is not None:
             salient = np.asarray(mask, dtype=bool).copy()
             salient[:, 0] = False

@@ -74,8 +74,11 @@ def pyplot():
     return plt
 
 
-def plot_heatmaps(path: str, grids: list, titles: list) -> None:
+def plot_heatmaps(path: str, grids: list, titles: list, row_labels=None, col_labels=None) -> None:
     """Save one panel per grid (values in ``[0, 1]``, e.g. gate density per patch) side by side as a PNG.
+
+    ``row_labels`` and ``col_labels``, if given, name the rows (on the first
+    panel) and the columns (on every panel); the grids must then share a shape.
 
     Raises:
         ValueError: if ``grids`` and ``titles`` differ in length or are empty.
@@ -83,12 +86,17 @@ def plot_heatmaps(path: str, grids: list, titles: list) -> None:
     if not grids or len(grids) != len(titles):
         raise ValueError(f"plot_heatmaps: got {len(grids)} grids and {len(titles)} titles")
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.2), squeeze=False)
-    for ax, grid, title in zip(axes[0], grids, titles, strict=True):
-        im = ax.imshow(np.asarray(grid, dtype=float), vmin=0, vmax=1, cmap="viridis")
+    wide = 1.6 if row_labels is not None else 0.0  # room for the row names
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids) + wide, 3.2 + 0.15 * len(row_labels or ())),
+                             squeeze=False)
+    for i, (ax, grid, title) in enumerate(zip(axes[0], grids, titles, strict=True)):
+        im = ax.imshow(np.asarray(grid, dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ax.set_xticks(range(len(col_labels)), col_labels, fontsize=7) if col_labels is not None else ax.set_xticks([])
+        if row_labels is not None and i == 0:
+            ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+        else:
+            ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="share of token updates applied")
     fig.savefig(path, dpi=100)
     plt.close(fig)

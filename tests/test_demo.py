@@ -25,9 +25,15 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     records = json.loads(out.read_text())
     assert [r["method"] for r in records] == ["lora", "ts-lora", "dora", "ts-dora", "adapter", "ts-adapter"]
     for r in records:
-        assert set(r) == {"task", "method", "seed", "trainable_params", "accuracy", "density", "tau", "seconds",
-                          "layer_density"}
+        assert set(r) == {"task", "method", "gate", "seed", "trainable_params", "accuracy", "density", "tau",
+                          "seconds", "layer_density", "useless_density", "seq_spread", "salient_density",
+                          "other_density", "token_auc", "layer_token_auc", "layer_selectivity"}
         assert r["task"] == "digits" and r["seed"] == 0 and 0 <= r["accuracy"] <= 1 and 0 <= r["density"] <= 1
+        assert r["gate"] == ("paper" if r["method"].startswith("ts-") else None)
+        if r["gate"]:  # digits: no salient marks, but the useless updates are known
+            assert 0 <= r["useless_density"] <= 1 and r["token_auc"] is None and r["salient_density"] is None
+        else:
+            assert r["useless_density"] is None
     assert records[0]["density"] == 1.0 and records[0]["tau"] is None and records[0]["layer_density"] is None
     assert records[1]["density"] == pytest.approx(sum(records[1]["layer_density"]) / 6)
     assert len(records[1]["tau"]) == 6 and all(t >= 0 for t in records[1]["tau"])  # 1 block x 6 targets
@@ -51,6 +57,7 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     (["--methods", ""], "unknown method"),
     (["--seeds", "0"], "seeds must be an integer >= 1"),
     (["--task", "mnist"], "invalid choice"),
+    (["--gate", "paper,magic"], "unknown gate variant(s) ['magic']"),
 ])
 def test_bad_options_give_one_line_errors(args, needle, tmp_path):
     extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path)]
@@ -152,7 +159,7 @@ def test_needle_task_with_seeds_reports_salient_density(tmp_path, capsys):
         elif r["task"] == "needle":
             assert r["salient_density"] is None
         else:
-            assert "salient_density" not in r
+            assert r["salient_density"] is None  # digits marks no salient tokens
 
 
 def test_density_by_mask_counts_what_it_should():
@@ -160,8 +167,12 @@ def test_density_by_mask_counts_what_it_should():
 
     import minitspeft as mt
     from minitspeft import nn
-    from minitspeft.experiment import density_by_mask
     from minitspeft.peft import GateConfig, LoraConfig, get_peft_model
+    from minitspeft.selectivity import gate_selectivity
+
+    def density_by_mask(pm, x, mask):
+        blocks = gate_selectivity(pm, x, mask)["blocks"]
+        return [b["salient_density"] for b in blocks], [b["other_density"] for b in blocks]
 
     mt.manual_seed(0)
     cfg = nn.TransformerConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4, n_classes=2)
@@ -180,10 +191,11 @@ def test_plot_writes_the_figures(tmp_path, capsys):
     assert demo.main(["--quick", "--no-progress", "--cache-dir", str(tmp_path), "--task", "all",
                       "--methods", "lora,ts-lora,ts-dora", "--plot", str(plots)]) == 0
     names = sorted(p.name for p in plots.iterdir())
-    assert names == sorted(f"{t}_{k}.png" for t in ("digits", "needle") for k in ("gates", "training", "tradeoff"))
+    assert names == sorted(f"{t}_{k}.png" for t in ("digits", "needle")
+                           for k in ("gates", "layers", "training", "tradeoff"))
     for p in plots.iterdir():
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
-    assert capsys.readouterr().out.count("wrote ") == 6
+    assert capsys.readouterr().out.count("wrote ") == 8
 
 
 def test_importance_study_ranks_and_respects_the_budget(tmp_path, capsys):
@@ -223,3 +235,24 @@ def test_validation_split_never_touches_the_test_images():
     _, _, xv, yv, mv, _ = needle.finetune_data(0, "val")
     _, _, xt, _, _, _ = needle.finetune_data(0, "test")
     assert len(xv) == len(yv) == len(mv) and not np.array_equal(xv[: len(xt)], xt[: len(xv)])
+
+
+def test_gate_variants_run_side_by_side_on_needle(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert demo.main(["--quick", "--no-progress", "--task", "needle", "--methods", "lora,ts-lora",
+                      "--gate", "paper,router,top-k", "--cache-dir", str(tmp_path), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    records = json.loads(out.read_text())
+    assert [(r["method"], r["gate"]) for r in records] == [("lora", None), ("ts-lora", "paper"),
+                                                           ("ts-lora", "router"), ("ts-lora", "top-k")]
+    for r in records[1:]:
+        n_blocks = 1  # the quick model has one block
+        assert len(r["token_auc"]) == n_blocks and all(0 <= a <= 1 for a in r["token_auc"])
+        assert len(r["salient_density"]) == len(r["other_density"]) == n_blocks
+        assert 0 <= r["useless_density"] <= 1
+        assert len(r["layer_token_auc"]) == 6 and set(r["layer_selectivity"]) == {
+            f"blocks.0.{p}" for p in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.fc1",
+                                      "mlp.fc2")}
+    assert records[3]["tau"] == [None] * 6  # top-k has no thresholds
+    assert "Token selection" in text and "ts-lora/router" in text and "ts-lora/top-k" in text
+    assert "where the gates open, per layer" in text and "provably useless updates applied" in text
