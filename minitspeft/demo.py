@@ -101,7 +101,7 @@ def layer_grid(record: dict) -> tuple:
     layers = record["layer_selectivity"]
     keys = ["cls_density", "salient_density", "other_density"] if record["salient_density"] is not None else \
         ["cls_density", "non_cls_density"]
-    columns = ["CLS", "salient", "other"] if len(keys) == 3 else ["CLS", "other tokens"]
+    columns = ["CLS", "salient", "other"] if len(keys) == 3 else ["CLS", "others"]
     return columns, list(layers), np.array([[row[k] for k in keys] for row in layers.values()])
 
 

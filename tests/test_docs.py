@@ -69,3 +69,24 @@ def test_readme_python_examples_run(index, tmp_path):
     assert proc.returncode == 0, proc.stderr
     if "generate(" in code:
         assert "[[3 4 5 6 0 1 2 3 4]]" in proc.stdout  # the output the README promises
+
+
+def test_readme_token_selection_command_runs(tmp_path):
+    """The study command of the README's Token selection section, as written, in its --quick form."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Token selection", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```\n(python -m minitspeft\.demo .*?)\n```", section).group(1).split()
+    plots = tmp_path / "plots"
+    args = [a if a != "plots" else str(plots) for a in command[3:]]
+    proc = subprocess.run([sys.executable, "-m", "minitspeft.demo", *args, "--quick", "--no-progress",
+                           "--cache-dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    records = json.loads((tmp_path / "r.json").read_text())
+    gates = {r["gate"] for r in records if r["method"] == "ts-lora"}
+    assert gates == {"paper", "seq-ratio", "top-k", "bounded", "router"}
+    assert {r["seed"] for r in records} == {0, 1, 2} and {r["task"] for r in records} == {"digits", "needle"}
+    assert (plots / "needle_layers.png").exists() and (plots / "digits_layers.png").exists()
+    for name in ("needle_layers.png", "digits_layers.png"):  # the pictures the README links
+        assert (ROOT / "docs" / "images" / name).stat().st_size > 5000
