@@ -104,8 +104,7 @@ def get_peft_model(model: Module, config, gate: GateConfig | None = None) -> Pef
     requires_grad = {id(p): p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)
     replaced = []
-    pos_emb = getattr(model, "pos_emb", None)  # a router gate learns one offset per position of the model
-    positions = pos_emb.weight.shape[0] if isinstance(pos_emb, Module) else None
+    positions = model.pos_emb.weight.shape[0] if isinstance(getattr(model, "pos_emb", None), Module) else None
     for name in targets:  # adapter weights and thresholds are created trainable
         original = modules[name]
         if isinstance(config, LoraConfig):
