@@ -150,7 +150,6 @@ def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperatu
     return Tensor._from_op(S, (r, tau), backward, "threshold_step")
 
 
-
 def reference_gate(b: Tensor, d: Tensor, score: Tensor, tau, surrogate: str = "sigmoid",
                    temperature: float = 0.1) -> tuple:
     """The gate in its most readable form, composed from primitives: ``S = H + phi(z) - stop_gradient(phi(z))``.
@@ -188,8 +187,9 @@ class TokenGate(Module):
       ``S_i = 1[r_i >= tau]``, one fused op (:func:`gated_update`);
     - ``score="seq_ratio"``: ``S_i = 1[s_i >= tau]`` with ``s`` the ratio
       normalised per sequence (:func:`~minitspeft.peft.selection.sequence_ratio`);
-    - ``score="router"``: ``S_i = 1[1 + w . b_i/||b_i|| >= tau]`` with a
-      learned ``router_weight`` ``w`` ``(C,)`` (:func:`~minitspeft.peft.selection.router_score`);
+    - ``score="router"``: ``S_i = 1[1 + w . b_i/||b_i|| + p_t(i) >= tau]`` with a
+      learned ``router_weight`` ``w`` ``(C,)`` and per-position offsets ``p``
+      (:func:`~minitspeft.peft.selection.router_score`; departs from the paper);
     - ``keep_ratio=k``: no ``tau``; each sequence opens its ``ceil(k T)``
       best-scoring tokens (:func:`~minitspeft.peft.selection.top_k_step`).
 
