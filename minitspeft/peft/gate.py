@@ -9,8 +9,8 @@ update, both ``(..., C)``, and one token per leading index ``i``::
 
 The relative-magnitude test and ``S_i = 1[r_i >= tau]`` are the paper's; the
 straight-through backward below, the ``eps`` guard and the zero-norm
-convention are derived here (TS-PEFT.md). :func:`gated_update` is the whole
-gate as one fused op whose backward is exactly TS-PEFT.md's equations; the
+convention are derived here. :func:`gated_update` is the whole
+gate as one fused op whose backward is exactly the equations below; the
 same gradients come from chaining the smaller fused ops :func:`token_ratio`
 and :func:`threshold_step` with the product (the tests check both)::
 
@@ -95,7 +95,7 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
     Raises:
         ValueError: if the shapes of ``b`` and ``d`` differ or ``tau`` is not a scalar.
 
-    Backward: TS-PEFT.md's equations (derived here), with ``k_i = <g_i, d_i> phi'(r_i - tau)``:
+    Backward: the module's equations (derived here), with ``k_i = <g_i, d_i> phi'(r_i - tau)``:
     ``dd_i = S_i g_i + k_i dr_i/dd_i``, ``db_i = g_i + k_i dr_i/db_i``,
     ``dtau = -sum_i k_i`` (the ``dr`` terms only with ``grad_through_ratio``).
     """
@@ -135,7 +135,7 @@ def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperatu
     Returns:
         ``S`` with ``r``'s shape and dtype, exactly 0.0 or 1.0.
 
-    Backward (TS-PEFT.md, derived here): ``dS/dr = phi'(r - tau)``,
+    Backward (straight-through, derived here): ``dS/dr = phi'(r - tau)``,
     ``dS/dtau = -phi'(r - tau)``.
     """
     if tau.size != 1:
