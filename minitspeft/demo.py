@@ -180,21 +180,16 @@ def _count(text: str) -> int:
     return value
 
 
-def _gates(text: str) -> tuple:
-    names = tuple(g.strip() for g in text.split(",") if g.strip())
-    bad = [g for g in names if g not in GATE_VARIANTS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"unknown gate variant(s) {bad or [text]}; "
-                                         f"choose from {', '.join(GATE_VARIANTS)}")
-    return tuple(dict.fromkeys(names))
+def _name_list(what: str, choices: tuple):
+    """An argparse type for a comma-separated list of names from ``choices`` (``what`` names them in errors)."""
+    def parse(text: str) -> tuple:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        bad = [n for n in names if n not in choices]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(f"unknown {what}(s) {bad or [text]}; choose from {', '.join(choices)}")
+        return tuple(dict.fromkeys(names))  # keep the order, drop repeats
 
-
-def _methods(text: str) -> tuple:
-    names = tuple(m.strip() for m in text.split(",") if m.strip())
-    bad = [m for m in names if m not in METHODS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {bad or [text]}; choose from {', '.join(METHODS)}")
-    return tuple(dict.fromkeys(names))  # keep the order, drop repeats
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,9 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Dense PEFT versus token-selective PEFT (TS-PEFT, arXiv 2511.16147) on real handwritten "
                             "digits and a synthetic needle task.")
     p.add_argument("--task", choices=["digits", "needle", "all"], default="digits", help="which task(s) to run")
-    p.add_argument("--methods", type=_methods, default=DEFAULT_METHODS, metavar="M[,M...]",
+    p.add_argument("--methods", type=_name_list("method", METHODS), default=DEFAULT_METHODS, metavar="M[,M...]",
                    help=f"comma-separated methods from {', '.join(METHODS)} (default {','.join(DEFAULT_METHODS)})")
-    p.add_argument("--gate", type=_gates, default=("paper",), metavar="NAME[,NAME...]",
+    p.add_argument("--gate", type=_name_list("gate variant", GATE_VARIANTS), default=("paper",),
+                   metavar="NAME[,NAME...]",
                    help=f"gate variant(s) of the ts- methods, from {', '.join(GATE_VARIANTS)} (default paper: "
                         "the ratio test of TS-PEFT); several run each ts- method once per variant")
     p.add_argument("--seed", type=_seed, default=0, help="first seed of data split, initialisation and batches (>= 0)")

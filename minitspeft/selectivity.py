@@ -88,8 +88,9 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
 
     Returns:
         ``{"layers": {name: {...}}, "blocks": [...], "useless_density": float or None}``. Per layer:
-        ``density``, ``cls_density`` (at position 0), ``non_cls_density``, ``seq_spread`` (the standard deviation of ``S`` over a
-        sequence's non-CLS tokens, averaged over sequences), ``useless``
+        ``density``, ``cls_density`` (at position 0), ``non_cls_density``,
+        ``seq_spread`` (the standard deviation of ``S`` over a sequence's
+        non-CLS tokens, averaged over sequences), ``useless``
         (whether :func:`useless_layers` lists it) and, with a mask,
         ``salient_density``, ``other_density`` and ``token_auc``. Per block
         (``blocks.{i}``, in order): the means of those over the block's gated
@@ -115,19 +116,20 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
                 s_all[name].append(backend.to_numpy(gate.last_score))
     finally:
         peft_model.train(was_training)
+    if mask is not None:
+        seen = np.concatenate(next(iter(S_all.values()))).shape
+        if np.shape(mask) != seen:
+            raise ValueError(f"gate_selectivity: mask has shape {np.shape(mask)}, the gates saw {seen}")
+        salient = np.asarray(mask, dtype=bool).copy()
+        other = ~salient
+        salient[:, 0] = other[:, 0] = False  # position 0 (CLS) counts as neither
     layers = {}
     for name in gates:
         S, s = np.concatenate(S_all[name]), np.concatenate(s_all[name]).astype(np.float64)  # (N, T)
-        if mask is not None and np.shape(mask) != S.shape:
-            raise ValueError(f"gate_selectivity: mask has shape {np.shape(mask)}, the gates saw {S.shape}")
         row = {"density": float(S.mean()), "cls_density": float(S[:, 0].mean()),
                "non_cls_density": float(S[:, 1:].mean()),
                "seq_spread": float(S[:, 1:].std(axis=1).mean()), "useless": name in useless}
         if mask is not None:
-            salient = np.asarray(mask, dtype=bool).copy()
-            salient[:, 0] = False
-            other = ~np.asarray(mask, dtype=bool)
-            other[:, 0] = False
             row.update(salient_density=float(S[salient].mean()), other_density=float(S[other].mean()),
                        token_auc=roc_auc(s[salient], s[other]))
         layers[name] = (row, S)

@@ -276,11 +276,8 @@ class TokenGate(Module):
             return self._S
         if self._inputs is None:
             return None if self._last_S is None else Tensor(self._last_S)
-        b, d = self._inputs  # the paper's fused gate: rebuild S as ratio -> step once, for the regulariser
-        c = self.config
-        if not c.grad_through_ratio:
-            b, d = b.detach(), d.detach()
-        self._S = threshold_step(token_ratio(b, d, c.eps), self.tau, c.surrogate, c.temperature)
+        c = self.config  # the paper's fused gate: rebuild S as score -> step once, for the regulariser
+        self._S = threshold_step(self.score(*self._inputs), self.tau, c.surrogate, c.temperature)
         return self._S
 
     def _record(self, S, s, t) -> None:

@@ -131,7 +131,7 @@ class PeftModel(Module):
             penalty = None
             for s in S:
                 d_l = s.mean()
-                below, above = (d_l * -1.0 + gc.density_floor).relu(), (d_l - gc.density_ceiling).relu()
+                below, above = (gc.density_floor - d_l).relu(), (d_l - gc.density_ceiling).relu()
                 term = below * below + above * above
                 penalty = term if penalty is None else penalty + term
             loss = loss + penalty * (gc.bounds_weight / len(S))
