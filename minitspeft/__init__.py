@@ -6,8 +6,9 @@ decides per token whether the update is applied. Start with
 """
 
 from .backend import get_backend, manual_seed, set_backend, to_numpy
-from .ops import concat, stack, where
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
+from . import ops, reductions  # noqa: F401 - importing them attaches the operators and methods to Tensor
+from .shape_ops import concat, stack, where
 
 __version__ = "0.1.0"
 

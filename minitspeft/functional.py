@@ -28,7 +28,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     def backward(g):
         return (y * (g - (g * y).sum(axis=axis, keepdims=True)),)
 
-    return Tensor._from_op(y, (x,), backward, "softmax")
+    return Tensor.from_op(y, (x,), backward, "softmax")
 
 
 def _log_softmax_array(data, axis):
@@ -48,7 +48,7 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     def backward(g):
         return (g - xp.exp(out) * g.sum(axis=axis, keepdims=True),)
 
-    return Tensor._from_op(out, (x,), backward, "log_softmax")
+    return Tensor.from_op(out, (x,), backward, "log_softmax")
 
 
 def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index: int = -100,
@@ -118,7 +118,7 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
         grad[xp.arange(grad.shape[0]), safe_t.reshape(-1)] -= 1 - eps  # one target per row: no repeats
         return (grad.reshape(logp.shape) * (g * valid)[..., None],)
 
-    return Tensor._from_op(out, (logits,), backward, "cross_entropy")
+    return Tensor.from_op(out, (logits,), backward, "cross_entropy")
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
@@ -165,7 +165,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
             grads.append(g.sum(axis=lead) if bias.requires_grad else None)
         return tuple(grads)
 
-    return Tensor._from_op(out, parents, backward, "layer_norm")
+    return Tensor.from_op(out, parents, backward, "layer_norm")
 
 
 _GELU_K = math.sqrt(2.0 / math.pi)
@@ -188,7 +188,7 @@ def gelu(x: Tensor) -> Tensor:
         local = 0.5 * (1 + t) + 0.5 * d * (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * x2)
         return (g * local,)
 
-    return Tensor._from_op(out, (x,), backward, "gelu")
+    return Tensor.from_op(out, (x,), backward, "gelu")
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -221,7 +221,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
             return gx, gw
         return gx, gw, (g2.sum(axis=0) if bias.requires_grad else None)
 
-    return Tensor._from_op(out, parents, backward, "linear")
+    return Tensor.from_op(out, parents, backward, "linear")
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -236,7 +236,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     keep = backend.host_rng().random(x.shape) >= p
     mask = backend.asarray(keep.astype(x.dtype) / x.dtype.type(1 - p))
-    return Tensor._from_op(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
+    return Tensor.from_op(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
 
 
 def embedding(ids, weight: Tensor) -> Tensor:
@@ -263,7 +263,7 @@ def embedding(ids, weight: Tensor) -> Tensor:
         backend.scatter_add(full, idx.reshape(-1), g.reshape(-1, weight.shape[1]))
         return (full,)
 
-    return Tensor._from_op(weight.data[idx], (weight,), backward, "embedding")
+    return Tensor.from_op(weight.data[idx], (weight,), backward, "embedding")
 
 
 __all__ = ["softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "linear", "dropout",

@@ -2,7 +2,8 @@
 
 ``axis`` is an int, a tuple of ints, or None (all axes); ``keepdims`` keeps
 the reduced axes with size 1. Each backward expands the upstream gradient
-back over the reduced axes.
+back over the reduced axes. The table at the end attaches them to
+:class:`~minitspeft.tensor.Tensor` as methods (``t.sum(axis=1)``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import builtins  # this module's sum, max and min shadow the built-ins
 
 from . import backend
-from . import ops  # a module reference: ops and tensor import each other at start-up
-from .tensor import Tensor
+from . import ops
+from .tensor import Tensor, attach_methods
 
 
 def normalize_axes(op: str, axis, ndim: int) -> tuple:
@@ -51,7 +52,7 @@ def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     def backward(g):
         return (backend.xp.broadcast_to(_expand(g, axes, keepdims), x.shape),)
 
-    return Tensor._from_op(out, (x,), backward, "sum")
+    return Tensor.from_op(out, (x,), backward, "sum")
 
 
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
@@ -76,7 +77,7 @@ def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
         return (_expand(g, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True),)
 
     out = top if keepdims else top.reshape([n for i, n in enumerate(top.shape) if i not in axes])
-    return Tensor._from_op(out, (x,), backward, "max")
+    return Tensor.from_op(out, (x,), backward, "max")
 
 
 def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -104,7 +105,7 @@ def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Te
     def backward(g):
         return (_expand(g, axes, keepdims) * centred * x.dtype.type(2.0 / denom),)
 
-    return Tensor._from_op(out, (x,), backward, "var")
+    return Tensor.from_op(out, (x,), backward, "var")
 
 
 def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
@@ -123,4 +124,7 @@ def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
         return (_expand(g, axes, keepdims) * xp.where(n > 0, x.data / safe, 0),)
 
     out = n if keepdims else n.reshape([m for i, m in enumerate(n.shape) if i not in axes])
-    return Tensor._from_op(out, (x,), backward, "norm")
+    return Tensor.from_op(out, (x,), backward, "norm")
+
+
+attach_methods({"sum": sum, "mean": mean, "max": max, "min": min, "var": var, "norm": norm})

@@ -27,69 +27,23 @@ Semantics (they follow PyTorch):
   update that starts at zero has a finite gradient; ``sqrt`` at 0 is
   infinite, as in PyTorch: use ``norm`` for lengths.
 
+This module holds the graph and nothing else: it imports no op module. The
+op modules (``ops``, ``shape_ops``, ``reductions``) attach the operators and
+methods (``+``, ``@``, ``t.sum()``, ``t.reshape()``...) to ``Tensor`` with
+:func:`attach_methods`, each in one table at its end, next to the functions
+they call (as HIPS autograd binds its box methods). ``Tensor.from_op`` is the
+public way to add an op (see ``minitspeft.extend`` and tutorial 02).
+
 Source: standard reverse-mode automatic differentiation (vector-Jacobian
 products in reverse topological order), as in PyTorch and HIPS autograd.
 """
 
 from __future__ import annotations
 
-import functools
-import threading
-
 from . import backend
+from .grad_mode import enable_grad, is_grad_enabled, no_grad
 
-
-class _GradMode(threading.local):
-    """Whether ops record a graph: one flag per thread, as in PyTorch."""
-
-    enabled = True
-
-
-_grad_mode = _GradMode()
-
-
-def is_grad_enabled() -> bool:
-    """Return whether ops currently record a graph (in this thread)."""
-    return _grad_mode.enabled
-
-
-class no_grad:
-    """Context manager and decorator that stops ops from recording a graph.
-
-    Example::
-
-        with mt.no_grad():
-            logits = model(x)      # no graph, no gradient memory
-
-        @mt.no_grad()
-        def evaluate(...): ...
-    """
-
-    def __enter__(self):
-        self._prev = _grad_mode.enabled
-        _grad_mode.enabled = False
-        return self
-
-    def __exit__(self, *exc):
-        _grad_mode.enabled = self._prev
-        return False
-
-    def __call__(self, fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with no_grad():
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-
-class enable_grad(no_grad):
-    """Context manager and decorator that turns graph recording back on inside ``no_grad``."""
-
-    def __enter__(self):
-        self._prev = _grad_mode.enabled
-        _grad_mode.enabled = True
-        return self
+__all__ = ["Tensor", "tensor", "attach_methods", "no_grad", "enable_grad", "is_grad_enabled"]
 
 
 def _is_floating(dtype) -> bool:
@@ -113,6 +67,7 @@ class Tensor:
         data: the backend array (NumPy or CuPy).
         grad: the accumulated gradient (a backend array of the same shape and
             dtype), or ``None``.
+        op: the name of the op that made this tensor (``""`` for a leaf).
     """
 
     __array_priority__ = 1000  # make ``ndarray * Tensor`` call Tensor.__rmul__
@@ -129,9 +84,9 @@ class Tensor:
             arr = xp.asarray(data, dtype=dtype)
         self.data = arr
         self.grad = None
+        self.op = ""
         self._parents: tuple = ()
         self._backward = None
-        self._op = ""
         self._retain = False
         self.requires_grad = False
         if requires_grad:
@@ -139,14 +94,30 @@ class Tensor:
 
     # ------------------------------------------------------------------ graph
     @classmethod
-    def _from_op(cls, data, parents, backward, op: str) -> "Tensor":
-        """Wrap an op's result; record the graph only if a parent needs gradients."""
+    def from_op(cls, data, parents, backward, name: str) -> "Tensor":
+        """Wrap an op's result ``data``; record the graph only if some parent requires gradients.
+
+        This is how every op in the package is made, and how you add your own
+        (tutorial 02 walks through one).
+
+        Args:
+            data: the result, a backend array (``backend.xp``).
+            parents: the input Tensors, in order.
+            backward: ``backward(g) -> tuple`` with one gradient per parent (a
+                backend array of that parent's shape, or ``None`` for a parent
+                that needs none), given ``g``, the gradient of the result (its shape).
+            name: the op's name, used in error messages.
+
+        Returns:
+            A Tensor holding ``data``; ``requires_grad`` is true when graph
+            recording is on (:func:`~minitspeft.grad_mode.is_grad_enabled`) and some parent requires gradients.
+        """
         out = cls.__new__(cls)
         out.data = data
         out.grad = None
+        out.op = name
         out._retain = False
-        out._op = op
-        needs = _grad_mode.enabled and any(p.requires_grad for p in parents)
+        needs = is_grad_enabled() and any(p.requires_grad for p in parents)
         out.requires_grad = needs
         out._parents = tuple(parents) if needs else ()
         out._backward = backward if needs else None
@@ -191,30 +162,14 @@ class Tensor:
                 omitted only for a tensor with one element (taken as 1).
 
         Raises:
-            RuntimeError: if this tensor does not require gradients, or if
-                ``gradient`` is omitted for a tensor of several elements.
+            RuntimeError: if this tensor does not require gradients, if
+                ``gradient`` is omitted for a tensor of several elements, or if
+                an op's backward rule returns the wrong number or shape of
+                gradients (naming the op).
             ValueError: if ``gradient`` has the wrong shape.
         """
-        xp = backend.xp
-        if not self.requires_grad:
-            raise RuntimeError("backward: tensor does not require grad and has no graph")
-        if gradient is None:
-            if self.data.size != 1:
-                raise RuntimeError(
-                    f"backward: gradient can be implicit only for one-element tensors, got shape {self.shape}"
-                )
-            gradient = xp.ones_like(self.data)
-        else:
-            gradient = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient)
-            if gradient.shape != self.shape:
-                raise ValueError(
-                    f"backward: gradient shape {gradient.shape} does not match tensor shape {self.shape}"
-                )
-            gradient = gradient.astype(self.dtype, copy=False)
-
-        order = _topological_order(self)
-        grads = {id(self): gradient}
-        for node in reversed(order):
+        grads = {id(self): self._seed_gradient(gradient)}
+        for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
@@ -222,15 +177,41 @@ class Tensor:
                 node.grad = g.copy() if node.grad is None else node.grad + g
             if node.is_leaf:
                 continue
-            parent_grads = node._backward(g)
-            for parent, pg in zip(node._parents, parent_grads, strict=True):
-                if pg is None or not parent.requires_grad:
-                    continue
-                if pg.dtype != parent.dtype:  # mixed-dtype graphs: a gradient has its tensor's dtype
-                    pg = pg.astype(parent.dtype)
+            for parent, pg in node._parent_grads(g):
                 key = id(parent)
                 # out of place: a rule may hand the same array to two parents
                 grads[key] = pg if key not in grads else grads[key] + pg
+
+    def _seed_gradient(self, gradient):
+        """The upstream gradient ``backward()`` starts from, checked (see there)."""
+        if not self.requires_grad:
+            raise RuntimeError("backward: tensor does not require grad and has no graph")
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward: gradient can be implicit only for one-element tensors, got shape {self.shape}"
+                )
+            return backend.xp.ones_like(self.data)
+        gradient = gradient.data if isinstance(gradient, Tensor) else backend.xp.asarray(gradient)
+        if gradient.shape != self.shape:
+            raise ValueError(f"backward: gradient shape {gradient.shape} does not match tensor shape {self.shape}")
+        return gradient.astype(self.dtype, copy=False)
+
+    def _parent_grads(self, g):
+        """Yield ``(parent, gradient)`` from this node's backward rule, for parents that need one."""
+        parent_grads = self._backward(g)
+        if len(parent_grads) != len(self._parents):
+            raise RuntimeError(f"backward of {self.op!r}: the rule returned {len(parent_grads)} gradients "
+                               f"for {len(self._parents)} inputs")
+        for i, (parent, pg) in enumerate(zip(self._parents, parent_grads)):
+            if pg is None or not parent.requires_grad:
+                continue
+            if pg.shape != parent.data.shape:
+                raise RuntimeError(f"backward of {self.op!r}: the gradient of input {i} has shape "
+                                   f"{tuple(pg.shape)}, the input has shape {parent.shape}")
+            if pg.dtype != parent.dtype:  # mixed-dtype graphs: a gradient has its tensor's dtype
+                pg = pg.astype(parent.dtype)
+            yield parent, pg
 
     # ------------------------------------------------------------- properties
     @property
@@ -285,107 +266,21 @@ class Tensor:
 
     __hash__ = object.__hash__
 
-    # ------------------------------------------------------ operators and ops
-    def __add__(self, other):
-        return _ops.add(self, other)
 
-    def __radd__(self, other):
-        return _ops.add(other, self)
-
-    def __sub__(self, other):
-        return _ops.sub(self, other)
-
-    def __rsub__(self, other):
-        return _ops.sub(other, self)
-
-    def __mul__(self, other):
-        return _ops.mul(self, other)
-
-    def __rmul__(self, other):
-        return _ops.mul(other, self)
-
-    def __truediv__(self, other):
-        return _ops.div(self, other)
-
-    def __rtruediv__(self, other):
-        return _ops.div(other, self)
-
-    def __pow__(self, other):
-        return _ops.pow(self, other)
-
-    def __rpow__(self, other):
-        return _ops.pow(other, self)
-
-    def __matmul__(self, other):
-        return _ops.matmul(self, other)
-
-    def __rmatmul__(self, other):
-        return _ops.matmul(other, self)
-
-    def __neg__(self):
-        return _ops.neg(self)
-
-    def __getitem__(self, index):
-        return _ops.getitem(self, index)
-
-    def sum(self, axis=None, keepdims=False):
-        return _red.sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False):
-        return _red.mean(self, axis, keepdims)
-
-    def max(self, axis=None, keepdims=False):
-        return _red.max(self, axis, keepdims)
-
-    def min(self, axis=None, keepdims=False):
-        return _red.min(self, axis, keepdims)
-
-    def var(self, axis=None, keepdims=False, correction=0):
-        return _red.var(self, axis, keepdims, correction)
-
-    def norm(self, axis=None, keepdims=False):
-        return _red.norm(self, axis, keepdims)
-
-    def exp(self):
-        return _ops.exp(self)
-
-    def log(self):
-        return _ops.log(self)
-
-    def sqrt(self):
-        return _ops.sqrt(self)
-
-    def tanh(self):
-        return _ops.tanh(self)
-
-    def sigmoid(self):
-        return _ops.sigmoid(self)
-
-    def relu(self):
-        return _ops.relu(self)
-
-    def abs(self):
-        return _ops.abs(self)
-
-    def reshape(self, *shape):
-        """``t.reshape(2, 3)`` or ``t.reshape((2, 3))``."""
-        return _ops.reshape(self, _varargs(shape))
-
-    def transpose(self, *axes):
-        """``t.transpose()`` reverses the axes; ``t.transpose(0, 2, 1)`` or ``t.transpose((0, 2, 1))`` permutes."""
-        return _ops.transpose(self, _varargs(axes) or None)
-
-    def swapaxes(self, axis1, axis2):
-        return _ops.swapaxes(self, axis1, axis2)
-
-    @property
-    def T(self):
-        return _ops.transpose(self, None)
+_CORE = frozenset(vars(Tensor))  # what the class defines itself: no op module may replace it
 
 
-def _varargs(args: tuple) -> tuple:
-    """Accept both ``f(2, 3)`` and ``f((2, 3))``, as NumPy and PyTorch do."""
-    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+def attach_methods(methods: dict) -> None:
+    """Attach ``{name: function or property}`` to :class:`Tensor` (each op module calls it once, at its end).
+
+    Raises:
+        RuntimeError: if a name is one :class:`Tensor` defines itself (``backward``, ``shape``, ...).
+    """
+    clash = sorted(set(methods) & _CORE)
+    if clash:
+        raise RuntimeError(f"attach_methods: Tensor already defines {clash}")
+    for name, fn in methods.items():
+        setattr(Tensor, name, fn)
 
 
 def _raw(x):
@@ -418,7 +313,3 @@ def _topological_order(root: Tensor) -> list:
             if parent.requires_grad and id(parent) not in visited:
                 stack.append((parent, False))
     return order
-
-
-from . import ops as _ops  # noqa: E402  (the op modules need Tensor defined first)
-from . import reductions as _red  # noqa: E402

@@ -28,8 +28,8 @@ upstream gradient ``v`` three ways and compares them:
 1. reverse mode in minitspeft: ``f(...).backward(v)``;
 2. a central difference of minitspeft's own forward, in float64, per
    element of every input and along one random direction of all inputs at
-   once (the method of ``tests/gradcheck.py``'s ``check_grad``, with
-   Richardson extrapolation, see below);
+   once (``minitspeft.testing.check_grad``, with Richardson
+   extrapolation at the step ``FD_STEP``);
 3. HIPS ``autograd``: ``autograd.grad`` of ``anp.sum(v * f_ref(x))`` where
    ``f_ref`` is the same function written in ``autograd.numpy``.
 
@@ -54,7 +54,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minitspeft.tensor import Tensor
+from minitspeft.testing import check_grad
 
 MAX_DIMS = 3
 MAX_SIDE = 4
@@ -205,109 +205,12 @@ seeds = st.integers(0, 2**32 - 1)
 FD_STEP = 2.0**-10
 FD_RTOL, FD_ATOL = 1e-6, 1e-8  # central difference (Richardson, float64)
 AG_RTOL, AG_ATOL = 1e-10, 1e-12  # HIPS autograd, float64
-FWD_RTOL, FWD_ATOL = 1e-12, 1e-12  # forward against the autograd.numpy reference
-
-
-def _value(fn, arrays) -> np.ndarray:
-    """minitspeft's forward on constant tensors (no graph), as a float64 NumPy array."""
-    out = fn(*[Tensor(a) for a in arrays])
-    assert isinstance(out, Tensor), f"fn must return a Tensor, got {type(out)}"
-    return np.asarray(out.data, dtype=np.float64)
-
-
-def _projected_difference(fn, base, direction, v, h) -> float:
-    """``<v, f(x + h d) - f(x - h d)> / (2 h)`` with the difference taken per output element."""
-    plus = [x + h * d for x, d in zip(base, direction)]
-    minus = [x - h * d for x, d in zip(base, direction)]
-    return float(np.sum(v * (_value(fn, plus) - _value(fn, minus)))) / (2 * h)
-
-
-def central_difference(fn, base, direction, v, h: float = FD_STEP) -> float:
-    """Richardson-extrapolated central difference of ``<v, fn>`` at ``base`` along ``direction``."""
-    coarse = _projected_difference(fn, base, direction, v, h)
-    fine = _projected_difference(fn, base, direction, v, h / 2)
-    return (4 * fine - coarse) / 3
+FWD_TOL = 1e-12  # forward against the autograd.numpy reference
 
 
 def check_vjp(fn, ref, *arrays, seed: int, numeric: bool = True, fd_rtol: float = FD_RTOL,
               fd_atol: float = FD_ATOL, ag_rtol: float = AG_RTOL, ag_atol: float = AG_ATOL):
-    """Check minitspeft's gradient of ``<v, fn(*arrays)>`` against a central difference and HIPS autograd.
-
-    Args:
-        fn: a function of minitspeft Tensors (one per array) returning a Tensor.
-        ref: the same function written with ``autograd.numpy`` on arrays.
-        *arrays: float64 NumPy arrays (any memory layout); each becomes a leaf
-            that requires a gradient.
-        seed: seed of the random upstream gradient ``v`` and direction ``u``.
-        numeric: also compare with the central difference; pass False only at
-            points where ``fn`` is not differentiable (ties), where only the
-            convention shared with autograd can be compared.
-
-    Returns:
-        ``(grads, v)``: minitspeft's gradients (one per input) and the upstream gradient.
-    """
-    # imported here, not at the top: test_properties.py importorskips autograd first
-    import autograd
-    import autograd.numpy as anp
-
-    arrays = tuple(arrays)
-    for i, a in enumerate(arrays):
-        assert isinstance(a, np.ndarray) and a.dtype == np.float64, f"input {i}: need a float64 ndarray"
-    saved = [np.array(a, copy=True) for a in arrays]
-
-    # forward, against the reference
-    leaves = [Tensor(a, requires_grad=True) for a in arrays]
-    out = fn(*leaves)
-    assert isinstance(out, Tensor), f"fn must return a Tensor, got {type(out)}"
-    assert out.requires_grad, "the output does not require grad (no graph was recorded)"
-    got = np.asarray(out.data)
-    want = np.asarray(ref(*saved))
-    assert got.shape == want.shape, f"forward shape {got.shape} != reference shape {want.shape}"
-    assert got.dtype == np.float64, f"forward dtype {got.dtype}, expected float64"
-    np.testing.assert_allclose(got, want, rtol=FWD_RTOL, atol=FWD_ATOL, err_msg="forward vs autograd.numpy")
-
-    # reverse mode
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal(got.shape)
-    out.backward(v)
-    grads = []
-    for i, (a, leaf) in enumerate(zip(saved, leaves)):
-        assert leaf.grad is not None, f"input {i}: .grad is None after backward()"
-        assert leaf.grad.shape == a.shape, f"input {i}: gradient shape {leaf.grad.shape} != {a.shape}"
-        assert leaf.grad.dtype == np.float64, f"input {i}: gradient dtype {leaf.grad.dtype}"
-        assert np.all(np.isfinite(leaf.grad)), f"input {i}: non-finite gradient {leaf.grad}"
-        grads.append(np.array(leaf.grad))
-    for i, (a, s) in enumerate(zip(arrays, saved)):
-        np.testing.assert_array_equal(a, s, err_msg=f"forward or backward modified input {i} in place")
-
-    # (2) the full gradient of <v, ref(x)> from HIPS autograd
-    def projected(*xs):
-        return anp.sum(v * ref(*xs))
-
-    for i in range(len(saved)):
-        expected = autograd.grad(projected, i)(*saved)
-        np.testing.assert_allclose(grads[i], expected, rtol=ag_rtol, atol=ag_atol,
-                                   err_msg=f"gradient of input {i} (shape {saved[i].shape}) vs HIPS autograd")
-
-    if not numeric:
-        return grads, v
-
-    # (1) central differences of minitspeft's forward: every element of every input ...
-    zeros = [np.zeros_like(a) for a in saved]
-    for i, a in enumerate(saved):
-        approx = np.zeros_like(a)
-        for j in np.ndindex(a.shape):
-            direction = [z.copy() for z in zeros]
-            direction[i][j] = 1.0
-            approx[j] = central_difference(fn, saved, direction, v)
-        np.testing.assert_allclose(grads[i], approx, rtol=fd_rtol, atol=fd_atol,
-                                   err_msg=f"gradient of input {i} (shape {a.shape}) vs central difference")
-
-    # ... and one random direction of all inputs together (catches gradients leaking between inputs)
-    u = [rng.standard_normal(a.shape) for a in saved]
-    directional = central_difference(fn, saved, u, v)
-    analytic = sum(float(np.sum(g * d)) for g, d in zip(grads, u))
-    scale = sum(float(np.sum(np.abs(g * d))) for g, d in zip(grads, u))
-    assert abs(analytic - directional) <= fd_atol + fd_rtol * max(abs(directional), scale), (
-        f"directional derivative: reverse mode {analytic!r} vs central difference {directional!r}")
-    return grads, v
+    """:func:`minitspeft.testing.check_grad` with ``ref`` (the function in ``autograd.numpy``) as its
+    oracle and this module's step and tolerances. Returns ``(grads, v)``."""
+    return check_grad(fn, *arrays, eps=FD_STEP, rtol=fd_rtol, atol=fd_atol, seed=seed, numeric=numeric,
+                      oracle=ref, oracle_rtol=ag_rtol, oracle_atol=ag_atol, forward_tol=FWD_TOL)

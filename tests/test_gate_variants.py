@@ -20,6 +20,7 @@ from minitspeft.nn import Parameter
 from minitspeft.peft import (GATE_VARIANTS, GateConfig, LoraConfig, TokenGate, get_peft_model, reference_gate,
                              sequence_ratio, token_ratio, top_k_step)
 from minitspeft.peft.selection import keep_count
+from minitspeft.testing import central_difference
 
 EPS = 1e-6
 T_SIG = 0.4
@@ -111,14 +112,17 @@ def test_backward_is_the_straight_through_derivative(name, fields):
     args = [b0, d0, tau0, w0]
 
     def numeric(i):
+        """Central differences of the smooth twin ``f`` in its ``i``-th argument, element by element."""
         x = np.asarray(args[i], dtype=np.float64)
+
+        def f_i(t):
+            return mt.Tensor(np.asarray(f(*[t.data if k == i else a for k, a in enumerate(args)])))
+
         g = np.zeros_like(x)
         for j in np.ndindex(x.shape):
-            hi, lo = [a if k != i else x.copy() for k, a in enumerate(args)], \
-                     [a if k != i else x.copy() for k, a in enumerate(args)]
-            hi[i][j] += 1e-6
-            lo[i][j] -= 1e-6
-            g[j] = (f(*hi) - f(*lo)) / 2e-6
+            e = np.zeros_like(x)
+            e[j] = 1.0
+            g[j] = central_difference(f_i, [x], [e], np.ones(()))
         return g
 
     np.testing.assert_allclose(b.grad, numeric(0), rtol=1e-5, atol=1e-7)

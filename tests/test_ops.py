@@ -1,7 +1,7 @@
 """Gradient checks and regression tests for the primitive ops and the Tensor engine.
 
 Every op's backward rule is checked against central differences in float64
-(see ``gradcheck.py``), and every forward against the NumPy expression it
+(``minitspeft.testing.check_grad``), and every forward against the NumPy expression it
 stands for. Inputs are kept away from the points where an op has a kink
 (relu, abs, clip, maximum), where a central difference would be meaningless.
 """
@@ -17,7 +17,7 @@ import minitspeft as mt
 from minitspeft import ops, reductions
 from minitspeft.tensor import Tensor
 
-from gradcheck import check_grad
+from minitspeft.testing import check_grad
 
 
 def _rng(seed=0):
@@ -44,7 +44,7 @@ def test_check_grad_catches_a_wrong_backward_rule():
     """The helper itself must fail on a rule that is wrong (here: d/dx x^2 taken as x)."""
 
     def bad_square(x):
-        return Tensor._from_op(x.data * x.data, (x,), lambda g: (g * x.data,), "bad_square")
+        return Tensor.from_op(x.data * x.data, (x,), lambda g: (g * x.data,), "bad_square")
 
     with pytest.raises(AssertionError):
         check_grad(bad_square, _rng().standard_normal((3, 2)))
@@ -54,7 +54,7 @@ def test_check_grad_catches_a_rule_right_only_for_uniform_upstream():
     """A rule that ignores the upstream gradient's values is caught by the random projection."""
 
     def bad_double(x):
-        return Tensor._from_op(2 * x.data, (x,), lambda g: (2 * np.ones_like(g) * g.mean(),), "bad_double")
+        return Tensor.from_op(2 * x.data, (x,), lambda g: (2 * np.ones_like(g) * g.mean(),), "bad_double")
 
     with pytest.raises(AssertionError):
         check_grad(bad_double, _rng().standard_normal(5))

@@ -75,7 +75,7 @@ def token_ratio(b: Tensor, d: Tensor, eps: float) -> Tensor:
         gb = _unit(b.data, nb) * (-g * nd / (denom * denom))[..., None] if b.requires_grad else None
         return gb, gd
 
-    return Tensor._from_op(r, (b, d), backward, "token_ratio")
+    return Tensor.from_op(r, (b, d), backward, "token_ratio")
 
 
 def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1,
@@ -122,7 +122,7 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
             gt = (-k.sum()).reshape(tau.shape).astype(tau.dtype)
         return gb, gd, gt
 
-    return Tensor._from_op(out, (b, d, tau), backward, "gated_update"), r, S
+    return Tensor.from_op(out, (b, d, tau), backward, "gated_update"), r, S
 
 
 def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1) -> Tensor:
@@ -147,7 +147,7 @@ def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperatu
         gp = g * surrogate_grad(r.data - t, surrogate, temperature)
         return gp, (-gp.sum()).reshape(tau.shape).astype(tau.dtype)
 
-    return Tensor._from_op(S, (r, tau), backward, "threshold_step")
+    return Tensor.from_op(S, (r, tau), backward, "threshold_step")
 
 
 def reference_gate(b: Tensor, d: Tensor, score: Tensor, tau, surrogate: str = "sigmoid",

@@ -123,4 +123,4 @@ def top_k_step(s: Tensor, keep_ratio: float, surrogate: str = "sigmoid", tempera
     def backward(g):
         return (g * surrogate_grad(z, surrogate, temperature),)
 
-    return Tensor._from_op(S, (s,), backward, "top_k_step"), t
+    return Tensor.from_op(S, (s,), backward, "top_k_step"), t
