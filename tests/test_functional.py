@@ -22,6 +22,7 @@ import pytest
 import minitspeft as mt
 from minitspeft import backend, ops
 from minitspeft import functional as F
+from minitspeft.functional import reference as FR
 from minitspeft.tensor import Tensor
 
 from minitspeft.testing import check_grad
@@ -57,47 +58,8 @@ def _compare_to_composite(fused, composite, *arrays, seed=0, rtol=1e-12, atol=1e
         np.testing.assert_allclose(gf, gc, rtol=rtol, atol=atol, err_msg=f"gradient of input {i}")
 
 
-# ---------------------------------------------------------- composite references
-
-
-def composite_softmax(x, axis=-1):
-    e = ops.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def composite_log_softmax(x, axis=-1):
-    shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - ops.log(ops.exp(shifted).sum(axis=axis, keepdims=True))
-
-
-def composite_cross_entropy(logits, targets, reduction="mean", ignore_index=-100):
-    targets = np.asarray(targets)
-    n_classes = logits.shape[-1]
-    valid = targets != ignore_index
-    onehot = (np.arange(n_classes) == np.where(valid, targets, 0)[..., None]) & valid[..., None]
-    losses = -(composite_log_softmax(logits) * Tensor(onehot.astype(logits.dtype))).sum(axis=-1)
-    if reduction == "none":
-        return losses
-    if reduction == "sum":
-        return losses.sum()
-    return losses.sum() / float(max(int(valid.sum()), 1))
-
-
-def composite_layer_norm(x, weight, bias, eps=1e-5):
-    mu = x.mean(axis=-1, keepdims=True)
-    centred = x - mu
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    out = centred / ops.sqrt(var + eps)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-def composite_gelu(x):
-    k = math.sqrt(2.0 / math.pi)
-    return 0.5 * x * (1.0 + ops.tanh(k * (x + 0.044715 * x ** 3)))
+# ------------------------------------------------------------ references
+# the composed versions live in the package (minitspeft.functional.reference)
 
 
 def np_logsumexp(x, axis=-1):
@@ -112,7 +74,7 @@ def test_softmax_gradient_and_composite(axis):
     x = _rng(1).standard_normal((3, 4, 5))
     fn = lambda t: F.softmax(t, axis=axis)  # noqa: E731
     check_grad(fn, x)
-    _compare_to_composite(fn, lambda t: composite_softmax(t, axis=axis), x)
+    _compare_to_composite(fn, lambda t: FR.softmax(t, axis=axis), x)
     np.testing.assert_allclose(F.softmax(Tensor(x), axis=axis).data, np.exp(x - np_logsumexp(x, axis)), rtol=1e-13)
 
 
@@ -121,7 +83,7 @@ def test_log_softmax_gradient_and_composite(axis):
     x = _rng(2).standard_normal((3, 4, 5))
     fn = lambda t: F.log_softmax(t, axis=axis)  # noqa: E731
     check_grad(fn, x)
-    _compare_to_composite(fn, lambda t: composite_log_softmax(t, axis=axis), x)
+    _compare_to_composite(fn, lambda t: FR.log_softmax(t, axis=axis), x)
     np.testing.assert_allclose(F.log_softmax(Tensor(x), axis=axis).data, x - np_logsumexp(x, axis), rtol=1e-13)
 
 
@@ -171,7 +133,7 @@ def test_cross_entropy_gradient_and_composite(case, reduction):
     x = _rng(5).standard_normal(shape)
     fn = lambda t: F.cross_entropy(t, targets, reduction=reduction, ignore_index=ignore)  # noqa: E731
     check_grad(fn, x)
-    _compare_to_composite(fn, lambda t: composite_cross_entropy(t, targets, reduction, ignore), x)
+    _compare_to_composite(fn, lambda t: FR.cross_entropy(t, targets, reduction, ignore), x)
 
 
 def test_cross_entropy_matches_numpy_reference_and_ignores_targets():
@@ -207,12 +169,12 @@ def test_cross_entropy_on_non_contiguous_logits(perm):
         z = rng.standard_normal((3, 2, 4))  # (T, B, C), used as (B, T, C)
         t = np.array([[0, 1, 2], [3, 0, 1]])
         fn = lambda a: F.cross_entropy(a.swapaxes(0, 1), t, reduction="sum")  # noqa: E731
-        comp = lambda a: composite_cross_entropy(a.swapaxes(0, 1), t, "sum")  # noqa: E731
+        comp = lambda a: FR.cross_entropy(a.swapaxes(0, 1), t, "sum")  # noqa: E731
     else:
         z = rng.standard_normal((4, 5))  # (C, N), used as (N, C)
         t = np.array([0, 1, 2, 3, 3])
         fn = lambda a: F.cross_entropy(a.T, t, reduction="sum")  # noqa: E731
-        comp = lambda a: composite_cross_entropy(a.T, t, "sum")  # noqa: E731
+        comp = lambda a: FR.cross_entropy(a.T, t, "sum")  # noqa: E731
     check_grad(fn, z)
     _compare_to_composite(fn, comp, z)
 
@@ -284,7 +246,7 @@ def test_layer_norm_gradient_and_composite(case, shape):
         return x, w, b
 
     fn = lambda *ts: F.layer_norm(*unpack(ts))  # noqa: E731
-    comp = lambda *ts: composite_layer_norm(*unpack(ts))  # noqa: E731
+    comp = lambda *ts: FR.layer_norm(*unpack(ts))  # noqa: E731
     check_grad(fn, *arrays)
     _compare_to_composite(fn, comp, *arrays)
 
@@ -310,7 +272,7 @@ def test_layer_norm_after_a_trainable_linear_map():
     gamma = rng.uniform(0.5, 1.5, 5)
     beta = rng.standard_normal(5)
     fn = lambda x_, W_, c_, g_, b_: F.layer_norm(x_ @ W_ + c_, g_, b_)  # noqa: E731
-    comp = lambda x_, W_, c_, g_, b_: composite_layer_norm(x_ @ W_ + c_, g_, b_)  # noqa: E731
+    comp = lambda x_, W_, c_, g_, b_: FR.layer_norm(x_ @ W_ + c_, g_, b_)  # noqa: E731
     grads, _ = check_grad(fn, x, W, c, gamma, beta)
     assert np.abs(grads[1]).max() > 1e-3  # the weight really receives a gradient
     _compare_to_composite(fn, comp, x, W, c, gamma, beta)
@@ -341,7 +303,7 @@ def test_gelu_forward_matches_tanh_formula_and_gradient():
     expected = 0.5 * x * (1.0 + np.tanh(k * (x + 0.044715 * x ** 3)))
     np.testing.assert_allclose(F.gelu(Tensor(x)).data, expected, rtol=1e-14, atol=1e-16)
     check_grad(F.gelu, x.reshape(4, 6))
-    _compare_to_composite(F.gelu, composite_gelu, x.reshape(4, 6))
+    _compare_to_composite(F.gelu, FR.gelu, x.reshape(4, 6))
 
 
 def test_gelu_is_close_to_the_exact_erf_form():
@@ -362,16 +324,12 @@ def test_linear_gradient_and_composite(x_shape, with_bias):
         arrays.append(rng.standard_normal(5))
     fn = lambda *ts: F.linear(*ts)  # noqa: E731
 
-    def comp(x, w, b=None):
-        out = x @ w.T
-        return out + b if b is not None else out
-
     out = F.linear(*[Tensor(a) for a in arrays])
     expected = arrays[0] @ arrays[1].T + (arrays[2] if with_bias else 0.0)
     assert out.shape == expected.shape
     np.testing.assert_allclose(out.data, expected, rtol=1e-13, atol=1e-14)
     check_grad(fn, *arrays)
-    _compare_to_composite(fn, comp, *arrays)
+    _compare_to_composite(fn, FR.linear, *arrays)
 
 
 def test_linear_frozen_weight_gets_no_gradient_and_shape_errors():
@@ -398,7 +356,7 @@ def test_embedding_forward_gradient_and_composite_with_repeated_ids():
     fn = lambda w: F.embedding(ids, w)  # noqa: E731
     np.testing.assert_array_equal(F.embedding(ids, Tensor(W)).data, W[ids])
     grads, _ = check_grad(fn, W)
-    _compare_to_composite(fn, lambda w: w[ids], W)
+    _compare_to_composite(fn, lambda w: FR.embedding(ids, w), W)
     np.testing.assert_array_equal(grads[0][[1, 3, 4]], 0.0)  # unused rows get nothing
 
     # repeated ids add up: row 2 is used three times
@@ -495,3 +453,18 @@ def test_fused_ops_keep_float32(name):
 
 def test_backend_is_numpy_for_these_tests():
     assert backend.get_backend() == "numpy"
+
+
+def test_reference_cross_entropy_with_label_smoothing_and_dropout_match_the_fused_ops():
+    """The references the package ships agree with the fused ops on the options the cases above skip."""
+    x = _rng(23).standard_normal((5, 4))
+    t = np.array([0, 3, -100, 1, 2])
+    for smoothing in (0.0, 0.2):
+        _compare_to_composite(lambda z: F.cross_entropy(z, t, label_smoothing=smoothing),
+                              lambda z: FR.cross_entropy(z, t, label_smoothing=smoothing), x)
+    backend.manual_seed(5)
+    fused = F.dropout(Tensor(x), 0.3).data
+    backend.manual_seed(5)
+    composed = FR.dropout(Tensor(x), 0.3).data  # the same draw from the host generator
+    assert (fused == 0).sum() > 0
+    np.testing.assert_allclose(composed, fused, rtol=1e-15)

@@ -1,0 +1,131 @@
+"""Fused layer functions: ``layer_norm``, ``linear``, ``dropout`` and ``embedding``, each with a
+hand-derived backward (its formula in each docstring)."""
+
+from __future__ import annotations
+
+from .. import backend
+from ..tensor import Tensor
+
+__all__ = ["layer_norm", "linear", "dropout", "embedding"]
+
+
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Layer normalisation over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``.
+
+    Args:
+        x: ``(..., C)``; weight, bias: ``(C,)`` or None.
+
+    Backward (derived here), with ``xhat`` the normalised input,
+    ``s = sqrt(var + eps)`` and ``gh = g * weight``:
+    ``dx = (gh - mean(gh) - xhat * mean(gh * xhat)) / s``,
+    ``dweight = sum(g * xhat)``, ``dbias = sum(g)`` over the leading axes.
+    """
+    xp = backend.xp
+    C = x.shape[-1]
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and p.shape != (C,):
+            raise ValueError(f"layer_norm: {name} shape {p.shape} does not match normalized size {C} of x {x.shape}")
+    mu = x.data.mean(axis=-1, keepdims=True)
+    centred = x.data - mu
+    var = (centred * centred).mean(axis=-1, keepdims=True)
+    inv_std = 1 / xp.sqrt(var + xp.asarray(eps, dtype=x.dtype))
+    xhat = centred * inv_std
+    out = xhat
+    if weight is not None:
+        out = out * weight.data
+    if bias is not None:
+        out = out + bias.data
+    parents = [x] + [p for p in (weight, bias) if p is not None]
+
+    def backward(g):
+        grads = []
+        if x.requires_grad:
+            gh = g * weight.data if weight is not None else g
+            dx = (gh - gh.mean(axis=-1, keepdims=True)
+                  - xhat * (gh * xhat).mean(axis=-1, keepdims=True)) * inv_std
+            grads.append(dx)
+        else:
+            grads.append(None)
+        lead = tuple(range(g.ndim - 1))
+        if weight is not None:
+            grads.append((g * xhat).sum(axis=lead) if weight.requires_grad else None)
+        if bias is not None:
+            grads.append(g.sum(axis=lead) if bias.requires_grad else None)
+        return tuple(grads)
+
+    return Tensor.from_op(out, parents, backward, "layer_norm")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias`` as one matrix product over all leading axes.
+
+    Args:
+        x: ``(..., in_features)``; weight: ``(out_features, in_features)``;
+            bias: ``(out_features,)`` or None.
+
+    Raises:
+        ValueError: naming the shapes when ``x``'s last axis is not ``in_features``.
+
+    Backward: ``dx = g @ W``, ``dW = g^T x``, ``db = sum(g)`` (leading axes flattened).
+    """
+    if weight.ndim != 2 or x.shape[-1:] != weight.shape[1:]:
+        raise ValueError(f"linear: input shape {x.shape} does not match weight shape {weight.shape} (out, in)")
+    lead = x.shape[:-1]
+    x2 = x.data.reshape(-1, weight.shape[1])  # (N, in)
+    out = x2 @ weight.data.T
+    if bias is not None:
+        out = out + bias.data
+    out = out.reshape(*lead, weight.shape[0])
+    parents = (x, weight) if bias is None else (x, weight, bias)
+
+    def backward(g):
+        g2 = g.reshape(-1, weight.shape[0])  # (N, out)
+        gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None
+        gw = g2.T @ x2 if weight.requires_grad else None
+        if bias is None:
+            return gx, gw
+        return gx, gw, (g2.sum(axis=0) if bias.requires_grad else None)
+
+    return Tensor.from_op(out, parents, backward, "linear")
+
+
+def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    Identity when ``training`` is false or ``p == 0``. The mask is drawn on
+    the host from ``backend.host_rng()``. Raises ``ValueError`` unless ``0 <= p < 1``.
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0:
+        return x
+    keep = backend.host_rng().random(x.shape) >= p
+    mask = backend.asarray(keep.astype(x.dtype) / x.dtype.type(1 - p))
+    return Tensor.from_op(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
+
+
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Look up rows of ``weight`` ``(num_embeddings, dim)`` for integer ``ids`` of any shape.
+
+    Raises:
+        ValueError: for non-integer ids or ids outside ``[0, num_embeddings)``
+            (NumPy would silently wrap a negative id).
+
+    Backward: rows of ``g`` are added into ``dweight`` at their ids (repeats add up).
+    """
+    xp = backend.xp
+    idx = ids.data if isinstance(ids, Tensor) else xp.asarray(ids)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"embedding: ids must be integers, got dtype {idx.dtype}")
+    n = weight.shape[0]
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(
+            f"embedding: ids must be in [0, {n}), got min {int(idx.min())} and max {int(idx.max())}"
+        )
+
+    def backward(g):
+        full = xp.zeros(weight.shape, dtype=g.dtype)
+        backend.scatter_add(full, idx.reshape(-1), g.reshape(-1, weight.shape[1]))
+        return (full,)
+
+    return Tensor.from_op(weight.data[idx], (weight,), backward, "embedding")
