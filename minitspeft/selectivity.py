@@ -104,18 +104,14 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
     if not gates:
         raise ValueError("gate_selectivity: the model has no token gates")
     useless = set(useless_layers(peft_model))
-    was_training = peft_model.training
-    peft_model.eval()
     S_all = {n: [] for n in gates}
     s_all = {n: [] for n in gates}
-    try:
+    with peft_model.eval_mode():
         for i in range(0, len(x), batch_size):
             peft_model(x[i:i + batch_size])
             for name, gate in gates.items():
                 S_all[name].append(backend.to_numpy(gate.last_S.data))
                 s_all[name].append(backend.to_numpy(gate.last_score))
-    finally:
-        peft_model.train(was_training)
     if mask is not None:
         seen = np.concatenate(next(iter(S_all.values()))).shape
         if np.shape(mask) != seen:

@@ -204,13 +204,9 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
 @no_grad()
 def predict(model: Module, x, batch_size: int = 256) -> np.ndarray:
     """Class predictions ``(N,)`` (int64, on the host) in evaluation mode; restores the previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model.eval_mode():
         preds = [backend.to_numpy(model(x[i:i + batch_size]).data.argmax(axis=-1))
                  for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return np.concatenate(preds).astype(np.int64)
 
 

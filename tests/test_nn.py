@@ -153,3 +153,17 @@ def test_warmup_cosine_shape():
 def test_config_validation(kwargs):
     with pytest.raises(ValueError, match="TransformerConfig"):
         nn.TransformerConfig(**kwargs)
+
+
+def test_eval_mode_restores_every_modules_own_mode_even_after_an_error():
+    model = _vit()
+    model.train()
+    model.blocks[0].eval()  # a mixed state: eval_mode must give back exactly this
+    before = [m.training for m in model.modules()]
+    with model.eval_mode():
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with model.eval_mode():
+            raise RuntimeError("inside")
+    assert [m.training for m in model.modules()] == before

@@ -1,8 +1,7 @@
 """The needle task: find two marked values in a sequence of filler tokens (synthetic, seeded, no download).
 
-This task is this project's own design, written after the calibration notes
-in ``TS-PEFT.md`` (section "Calibration", the Needle bullet); it is not a
-benchmark from the TS-PEFT paper.
+This task is this project's own design, sized after a small prototype of the
+gate (docs/gate.md); it is not a benchmark from the TS-PEFT paper.
 
 A sequence is a CLS token followed by ``seq_len`` tokens. All of them are
 filler tokens except two *needles*: a MARKER token immediately followed by a
@@ -40,9 +39,10 @@ and ``"sum"`` label the very same sequences.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 
 import numpy as np
+
+from ..checks import check_int
 
 NEEDLE_VOCAB = 16
 VALUES = tuple(range(10))
@@ -54,8 +54,7 @@ MIN_SEQ_LEN = 4  # two marker+value pairs
 
 
 def _check_int(name: str, value, low: int, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{where}: {name} must be an integer >= {low}, got {value!r}")
+    check_int(where, name, value, low)
     return int(value)
 
 

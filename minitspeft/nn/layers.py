@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..checks import check_int, check_number
 from ..tensor import Tensor
 from .module import Module, Parameter
 
@@ -27,8 +28,7 @@ def _uniform(shape, bound: float, dtype) -> Parameter:
 
 def _check_positive(op: str, **sizes) -> None:
     for name, n in sizes.items():
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{op}: {name} must be a positive integer, got {n!r}")
+        check_int(op, name, n)
 
 
 class Linear(Module):
@@ -109,8 +109,7 @@ class Dropout(Module):
     """
 
     def __init__(self, p: float = 0.0):
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        check_number("Dropout", "p", p, 0, 1, high_open=True)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:

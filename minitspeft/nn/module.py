@@ -7,6 +7,7 @@ in the order they were assigned, so ``named_parameters()`` and
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 from .. import backend
@@ -118,6 +119,24 @@ class Module:
     def eval(self) -> "Module":
         """Set evaluation mode: ``train(False)``."""
         return self.train(False)
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        """Context manager: evaluation mode inside the block (dropout off); on exit, even after an error,
+        every sub-module gets back the mode it had before.
+
+        Example::
+
+            with model.eval_mode(), mt.no_grad():
+                logits = model(x)
+        """
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
     def requires_grad_(self, flag: bool = True) -> "Module":
         """Set ``requires_grad`` on every parameter."""

@@ -1,18 +1,21 @@
 """The text transformer: config and presets, MLP, pre-LayerNorm block, encoder classifier and causal LM.
 
-Layout and names follow DESIGN.md (minGPT-style pre-LN blocks, GELU in tanh
-form, LayerNorm eps 1e-5), so a state dict maps one-to-one onto the same
-modules written in PyTorch.
+Layout and names follow minGPT and PyTorch (pre-LayerNorm blocks, GELU in its
+tanh form, LayerNorm eps 1e-5; the state-dict names are listed in
+docs/design.md), so a state dict maps one-to-one onto the same modules
+written in PyTorch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..checks import check, check_int, check_number, is_int
+from ..config import Config
 from ..tensor import Tensor, no_grad
 from .attention import MultiHeadAttention
 from .layers import Dropout, Embedding, LayerNorm, Linear
@@ -26,7 +29,7 @@ PRESETS = {
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(Config):
     """Sizes of a tiny transformer.
 
     Attributes:
@@ -40,7 +43,7 @@ class TransformerConfig:
         pooling: ``"mean"`` over tokens or ``"cls"`` (the first token) for classifiers.
 
     Raises:
-        ValueError: from ``validate()`` naming the first bad field.
+        ValueError: naming the first bad field (checked when built, by ``replace`` and by ``validate()``).
     """
 
     vocab_size: int = 16
@@ -54,9 +57,6 @@ class TransformerConfig:
     n_classes: int | None = None
     pooling: str = "mean"
 
-    def __post_init__(self):
-        self.validate()
-
     @classmethod
     def preset(cls, name: str, **overrides) -> "TransformerConfig":
         """A named size (``"nano"``, ``"micro"``, ``"mini"``; see ``PRESETS``) with any field overridden.
@@ -68,24 +68,16 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.preset: unknown preset {name!r}; known: {sorted(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def replace(self, **changes) -> "TransformerConfig":
-        """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)
-
     def validate(self) -> None:
+        """Check every field (see the class docstring)."""
+        n = "TransformerConfig"
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"TransformerConfig: {name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"TransformerConfig: n_embd {self.n_embd} must be divisible by n_head {self.n_head}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ValueError(f"TransformerConfig: dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.n_classes is not None and (not isinstance(self.n_classes, int) or isinstance(self.n_classes, bool)
-                                           or self.n_classes < 1):
-            raise ValueError(f"TransformerConfig: n_classes must be a positive integer or None, got {self.n_classes!r}")
-        if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"TransformerConfig: pooling must be 'mean' or 'cls', got {self.pooling!r}")
+            check_int(n, name, getattr(self, name))
+        check(self.n_embd % self.n_head == 0, n, "n_embd", self.n_embd, f"divisible by n_head {self.n_head}")
+        check_number(n, "dropout", self.dropout, 0, 1, high_open=True)
+        check_int(n, "n_classes", self.n_classes, allow_none=True)
+        check(self.pooling in ("mean", "cls"), n, "pooling", self.pooling, "'mean' or 'cls'")
+        check(isinstance(self.causal, bool), n, "causal", self.causal, "a bool")
 
 
 class MLP(Module):
@@ -221,18 +213,16 @@ class Transformer(_Trunk):
         c = self.config
         if c.n_classes is not None or not c.causal:
             raise ValueError("generate: needs a causal language model (causal=True, n_classes=None)")
-        ints = isinstance(max_new_tokens, int) and (top_k is None or isinstance(top_k, int))
-        if not ints or max_new_tokens < 0 or not temperature > 0 or \
-                (top_k is not None and not 1 <= top_k <= c.vocab_size):
-            raise ValueError(f"generate: invalid max_new_tokens={max_new_tokens}, temperature={temperature}, "
-                             f"top_k={top_k} (vocab_size {c.vocab_size})")
+        check_int("generate", "max_new_tokens", max_new_tokens, 0)
+        check_number("generate", "temperature", temperature, 0, low_open=True)
+        if top_k is not None:
+            check(is_int(top_k) and 1 <= top_k <= c.vocab_size, "generate", "top_k", top_k,
+                  f"None or an integer in [1, vocab_size={c.vocab_size}]")
         out = backend.to_numpy(self.check_ids(idx)).astype(np.int64)
         if out.shape[1] == 0:
             raise ValueError("generate: idx must hold at least one token per row")
         rng = np.random.default_rng(seed)
-        was_training = self.training
-        self.eval()
-        try:
+        with self.eval_mode():
             for _ in range(max_new_tokens):
                 logits = backend.to_numpy(self(out[:, -c.block_size:]).data[:, -1]).astype(np.float64)
                 logits /= temperature
@@ -243,6 +233,4 @@ class Transformer(_Trunk):
                 p /= p.sum(axis=-1, keepdims=True)
                 nxt = np.array([rng.choice(c.vocab_size, p=row) for row in p])
                 out = np.concatenate([out, nxt[:, None]], axis=1)
-        finally:
-            self.train(was_training)
         return out

@@ -1,38 +1,26 @@
 """Configurations, named after Hugging Face ``peft``: ``LoraConfig`` and the token gate's ``GateConfig``.
 
-Every field is checked when the config is built; a bad value raises
-``ValueError`` naming the field, before anything is wrapped.
+Every field is checked when the config is built (:class:`~minitspeft.config.Config`);
+a bad value raises ``ValueError`` naming the field, before anything is wrapped.
 """
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-
-def _check(cond: bool, cls: str, name: str, value, need: str) -> None:
-    if not cond:
-        raise ValueError(f"{cls}: {name} must be {need}, got {value!r}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    """A finite real number (not a bool, NaN or infinity)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+from ..checks import check, check_int, check_number
+from ..config import Config
 
 
 def _check_names(cls: str, field_name: str, value, allow_none: bool) -> None:
     ok = (value is None and allow_none) or (
         isinstance(value, (list, tuple)) and all(isinstance(t, str) and t for t in value))
-    _check(ok, cls, field_name, value, "a list of module names" + (" or None" if allow_none else ""))
+    check(ok, cls, field_name, value, "a list of module names" + (" or None" if allow_none else ""))
 
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Config):
     r"""Low-rank adaptation (Hu et al. 2021): ``h = W0 x + scaling * B A x``; DoRA with ``use_dora``.
 
     Attributes:
@@ -74,14 +62,14 @@ class LoraConfig:
         """``"lora"`` or ``"dora"``."""
         return "dora" if self.use_dora else "lora"
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Check every field (see the class docstring)."""
         n = "LoraConfig"
-        _check(_is_int(self.r) and self.r >= 1, n, "r", self.r, "an integer >= 1")
-        _check(_is_number(self.lora_alpha) and self.lora_alpha > 0, n, "lora_alpha", self.lora_alpha, "> 0")
-        _check(_is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, n, "lora_dropout",
-               self.lora_dropout, "in [0, 1)")
+        check_int(n, "r", self.r)
+        check_number(n, "lora_alpha", self.lora_alpha, 0, low_open=True)
+        check_number(n, "lora_dropout", self.lora_dropout, 0, 1, high_open=True)
         if isinstance(self.target_modules, str):
-            _check(bool(self.target_modules), n, "target_modules", self.target_modules, "a non-empty pattern")
+            check(bool(self.target_modules), n, "target_modules", self.target_modules, "a non-empty pattern")
             if self.target_modules != "all-linear":
                 try:
                     re.compile(self.target_modules)
@@ -89,13 +77,13 @@ class LoraConfig:
                     raise ValueError(f"{n}: target_modules is not a valid regular expression: {exc}") from None
         else:
             _check_names(n, "target_modules", self.target_modules, allow_none=False)
-            _check(len(self.target_modules) > 0, n, "target_modules", self.target_modules, "a non-empty list")
+            check(len(self.target_modules) > 0, n, "target_modules", self.target_modules, "a non-empty list")
             self.target_modules = list(self.target_modules)
-        _check(isinstance(self.use_rslora, bool), n, "use_rslora", self.use_rslora, "a bool")
-        _check(isinstance(self.use_dora, bool), n, "use_dora", self.use_dora, "a bool")
+        check(isinstance(self.use_rslora, bool), n, "use_rslora", self.use_rslora, "a bool")
+        check(isinstance(self.use_dora, bool), n, "use_dora", self.use_dora, "a bool")
         init = self.init_lora_weights
-        _check(isinstance(init, bool) or init == "gaussian", n, "init_lora_weights", init, "True, False or 'gaussian'")
-        _check(self.bias in ("none", "all"), n, "bias", self.bias, "'none' or 'all'")
+        check(isinstance(init, bool) or init == "gaussian", n, "init_lora_weights", init, "True, False or 'gaussian'")
+        check(self.bias in ("none", "all"), n, "bias", self.bias, "'none' or 'all'")
         _check_names(n, "modules_to_save", self.modules_to_save, allow_none=True)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
@@ -105,16 +93,13 @@ class LoraConfig:
         """``lora_alpha / r`` (or ``lora_alpha / sqrt(r)`` with rsLoRA)."""
         return self.lora_alpha / (self.r ** 0.5 if self.use_rslora else self.r)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 PLACEMENTS = ("houlsby", "pfeiffer")
 ADAPTER_ACTIVATIONS = ("gelu", "relu", "tanh")
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(Config):
     """Bottleneck adapters (Houlsby et al. 2019): ``h + up(act(down(h)))`` after a block's sub-layers.
 
     Attributes:
@@ -141,16 +126,14 @@ class AdapterConfig:
         """``"adapter"``."""
         return "adapter"
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Check every field (see the class docstring)."""
         n = "AdapterConfig"
-        _check(_is_int(self.reduction_factor) and self.reduction_factor >= 1, n, "reduction_factor",
-               self.reduction_factor, "an integer >= 1")
-        if self.bottleneck is not None:
-            _check(_is_int(self.bottleneck) and self.bottleneck >= 1, n, "bottleneck", self.bottleneck,
-                   "an integer >= 1 or None")
-        _check(self.placement in PLACEMENTS, n, "placement", self.placement, f"one of {PLACEMENTS}")
-        _check(self.activation in ADAPTER_ACTIVATIONS, n, "activation", self.activation,
-               f"one of {ADAPTER_ACTIVATIONS}")
+        check_int(n, "reduction_factor", self.reduction_factor)
+        check_int(n, "bottleneck", self.bottleneck, allow_none=True)
+        check(self.placement in PLACEMENTS, n, "placement", self.placement, f"one of {PLACEMENTS}")
+        check(self.activation in ADAPTER_ACTIVATIONS, n, "activation", self.activation,
+              f"one of {ADAPTER_ACTIVATIONS}")
         _check_names(n, "modules_to_save", self.modules_to_save, allow_none=True)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
@@ -158,9 +141,6 @@ class AdapterConfig:
     def bottleneck_size(self, n_embd: int) -> int:
         """The bottleneck width for a model of width ``n_embd``."""
         return self.bottleneck if self.bottleneck is not None else max(1, n_embd // self.reduction_factor)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 SURROGATES = ("sigmoid", "rect", "identity")
@@ -177,7 +157,7 @@ GATE_VARIANTS = tuple(_VARIANTS)
 
 
 @dataclass
-class GateConfig:
+class GateConfig(Config):
     """The token-selective gate of TS-PEFT (arXiv 2511.16147) and its variants; the details are derived here.
 
     Per token ``i`` of a gated layer: ``r_i = ||d_i|| / (||b_i|| + eps)``,
@@ -248,34 +228,22 @@ class GateConfig:
             raise ValueError(f"GateConfig.variant: unknown gate variant {name!r}; choose from {GATE_VARIANTS}")
         return cls(**{**_VARIANTS[name], **fields})
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """Check every field (see the class docstring)."""
         n = "GateConfig"
-        _check(self.surrogate in SURROGATES, n, "surrogate", self.surrogate, f"one of {SURROGATES}")
-        _check(_is_number(self.temperature) and self.temperature > 0, n, "temperature", self.temperature, "> 0")
-        _check(_is_number(self.eps) and self.eps > 0, n, "eps", self.eps, "> 0")
-        _check(isinstance(self.grad_through_ratio, bool), n, "grad_through_ratio", self.grad_through_ratio, "a bool")
-        _check(_is_number(self.sparsity_weight) and self.sparsity_weight >= 0, n, "sparsity_weight",
-               self.sparsity_weight, ">= 0")
-        if self.target_density is not None:
-            _check(_is_number(self.target_density) and 0 < self.target_density <= 1, n, "target_density",
-                   self.target_density, "in (0, 1] or None")
-        _check(_is_number(self.tau_init) and self.tau_init >= 0, n, "tau_init", self.tau_init, ">= 0")
-        if self.tau_lr is not None:
-            _check(_is_number(self.tau_lr) and self.tau_lr > 0, n, "tau_lr", self.tau_lr, "> 0 or None")
-        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, n, "warmup_steps", self.warmup_steps,
-               "an integer >= 0")
-        _check(self.score in SCORES, n, "score", self.score, f"one of {SCORES}")
-        if self.keep_ratio is not None:
-            _check(_is_number(self.keep_ratio) and 0 < self.keep_ratio <= 1, n, "keep_ratio", self.keep_ratio,
-                   "in (0, 1] or None")
-        _check(_is_number(self.density_floor) and 0 <= self.density_floor <= 1, n, "density_floor",
-               self.density_floor, "in [0, 1]")
-        _check(_is_number(self.density_ceiling) and self.density_floor <= self.density_ceiling <= 1, n,
-               "density_ceiling", self.density_ceiling, f"in [density_floor={self.density_floor}, 1]")
-        _check(_is_number(self.bounds_weight) and self.bounds_weight >= 0, n, "bounds_weight",
-               self.bounds_weight, ">= 0")
-        if self.router_lr is not None:
-            _check(_is_number(self.router_lr) and self.router_lr > 0, n, "router_lr", self.router_lr, "> 0 or None")
+        check(self.surrogate in SURROGATES, n, "surrogate", self.surrogate, f"one of {SURROGATES}")
+        check_number(n, "temperature", self.temperature, 0, low_open=True)
+        check_number(n, "eps", self.eps, 0, low_open=True)
+        check(isinstance(self.grad_through_ratio, bool), n, "grad_through_ratio", self.grad_through_ratio, "a bool")
+        check_number(n, "sparsity_weight", self.sparsity_weight, 0)
+        check_number(n, "target_density", self.target_density, 0, 1, low_open=True, allow_none=True)
+        check_number(n, "tau_init", self.tau_init, 0)
+        check_number(n, "tau_lr", self.tau_lr, 0, low_open=True, allow_none=True)
+        check_int(n, "warmup_steps", self.warmup_steps, 0)
+        check(self.score in SCORES, n, "score", self.score, f"one of {SCORES}")
+        check_number(n, "keep_ratio", self.keep_ratio, 0, 1, low_open=True, allow_none=True)
+        check_number(n, "density_floor", self.density_floor, 0, 1)
+        check_number(n, "density_ceiling", self.density_ceiling, self.density_floor, 1)
+        check_number(n, "bounds_weight", self.bounds_weight, 0)
+        check_number(n, "router_lr", self.router_lr, 0, low_open=True, allow_none=True)
 
-    def to_dict(self) -> dict:
-        return asdict(self)

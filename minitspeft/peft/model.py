@@ -325,10 +325,11 @@ def _configs_from(meta: dict) -> tuple:
     if kind is None:
         raise ValueError(f"from_pretrained: unknown peft_type {meta.get('peft_type')!r}; known: {sorted(kinds)}")
     try:
-        config = kind(**meta["config"])
-        gate = None if meta.get("gate") is None else GateConfig(**meta["gate"])
-    except TypeError as exc:
-        raise ValueError(f"from_pretrained: the saved config has unknown or missing fields: {exc}") from None
+        config = kind.from_dict(meta["config"])
+        gate = None if meta.get("gate") is None else GateConfig.from_dict(meta["gate"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"from_pretrained: the saved config has unknown or missing fields or bad values: "
+                         f"{exc}") from None
     expected = ("ts-" if gate is not None else "") + config.method
     if meta.get("method") != expected:
         raise ValueError(f"from_pretrained: method {meta.get('method')!r} does not match its config ({expected!r})")
