@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..checks import check, check_int, check_number
+from ..checks import check, check_int, check_number, is_number
 from ..config import Config
 
 
@@ -243,7 +243,8 @@ class GateConfig(Config):
         check(self.score in SCORES, n, "score", self.score, f"one of {SCORES}")
         check_number(n, "keep_ratio", self.keep_ratio, 0, 1, low_open=True, allow_none=True)
         check_number(n, "density_floor", self.density_floor, 0, 1)
-        check_number(n, "density_ceiling", self.density_ceiling, self.density_floor, 1)
+        check(is_number(self.density_ceiling) and self.density_floor <= self.density_ceiling <= 1, n,
+              "density_ceiling", self.density_ceiling, f"in [density_floor={self.density_floor}, 1]")
         check_number(n, "bounds_weight", self.bounds_weight, 0)
         check_number(n, "router_lr", self.router_lr, 0, low_open=True, allow_none=True)
 
