@@ -35,7 +35,7 @@ class PeftLayer(Module):
         b = self.base_layer(x)
         if self.disabled or self.merged:
             if self.gate is not None:
-                self.gate.forget_last()  # no gates were applied in this pass
+                self.gate.last_S = None  # no gate ran in this pass: the regulariser skips this layer
             return b
         d = self.delta(x, b)
         return self.gate(b, d) if self.gate is not None else b + d

@@ -9,10 +9,13 @@ update, both ``(..., C)``, and one token per leading index ``i``::
 
 The relative-magnitude test and ``S_i = 1[r_i >= tau]`` are the paper's; the
 straight-through backward below, the ``eps`` guard and the zero-norm
-convention are derived here. :func:`gated_update` is the whole
-gate as one fused op whose backward is exactly the equations below; the
-same gradients come from chaining the smaller fused ops :func:`token_ratio`
-and :func:`threshold_step` with the product (the tests check both)::
+convention are derived here (docs/gate.md derives them). The clearest form
+of the gate is :func:`reference_gate`, composed from primitives:
+``S = H + phi(z) - stop_gradient(phi(z))`` with ``z = r - tau`` and ``H`` the
+hard step. :func:`gated_update` is the same gate as one fused op, whose
+backward is exactly the equations below; chaining the smaller fused ops
+:func:`token_ratio` and :func:`threshold_step` with the product gives the
+same gradients again (the tests check all three)::
 
     dL/dS_i   = <g_i, d_i>
     dL/dd_i   = S_i g_i + dL/dS_i * phi'(r_i - tau) * dr_i/dd_i
@@ -80,7 +83,7 @@ def token_ratio(b: Tensor, d: Tensor, eps: float) -> Tensor:
 
 def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1,
                  eps: float = 1e-6, grad_through_ratio: bool = True) -> tuple:
-    """The whole gate as one fused op: ``out = b + 1[r >= tau] d`` per token.
+    """The whole gate as one fused op: ``out = b + S d`` per token with ``S = 1[r >= tau]``.
 
     Args:
         b: frozen output ``(..., C)``; d: update ``(..., C)``; tau: scalar ``()``.
@@ -89,40 +92,53 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
             and ``d`` through ``r`` as well.
 
     Returns:
-        ``(out, r, S)``: the Tensor ``out`` ``(..., C)`` and the backend arrays
-        ``r`` and ``S`` ``(...)`` of the forward pass (for statistics).
+        ``(out, S, r)``: ``out`` ``(..., C)``; ``S`` ``(...)``, the gates as a
+        Tensor whose backward is the straight-through one (what the
+        regulariser differentiates: ``dS/dtau = -phi'(r - tau)`` and, with
+        ``grad_through_ratio``, ``phi'(r - tau) dr``); and ``r`` ``(...)``,
+        the ratios as a backend array. ``out`` and ``S`` come from one forward pass.
 
     Raises:
         ValueError: if the shapes of ``b`` and ``d`` differ or ``tau`` is not a scalar.
 
-    Backward: the module's equations (derived here), with ``k_i = <g_i, d_i> phi'(r_i - tau)``:
+    Backward of ``out``: the module's equations (derived here), with ``k_i = <g_i, d_i> phi'(r_i - tau)``:
     ``dd_i = S_i g_i + k_i dr_i/dd_i``, ``db_i = g_i + k_i dr_i/db_i``,
     ``dtau = -sum_i k_i`` (the ``dr`` terms only with ``grad_through_ratio``).
+    The backward of ``S`` is the same chain with ``<g_i, d_i>`` replaced by the
+    gradient reaching ``S_i``: :func:`threshold_step` after :func:`token_ratio`.
     """
     _check_pair("gated_update", b, d)
     if tau.size != 1:
         raise ValueError(f"gated_update: tau must be a scalar, got shape {tau.shape}")
     nb, nd, denom, r = _ratio(b.data, d.data, eps)
     t = tau.data.reshape(())
-    S = (r >= t).astype(b.dtype)  # ties open
-    out = b.data + S[..., None] * d.data
+    hard = (r >= t).astype(b.dtype)  # ties open
+    out = b.data + hard[..., None] * d.data
 
-    def backward(g):
-        k = (g * d.data).sum(axis=-1) * surrogate_grad(r - t, surrogate, temperature)  # (...)
+    def through_S(k):
+        """Gradients of ``(b, d, tau)`` from ``k = dL/dS * phi'(r - tau)`` (the straight-through chain)."""
         gb = gd = gt = None
-        if d.requires_grad:
-            gd = S[..., None] * g
-            if grad_through_ratio:
-                gd = gd + _unit(d.data, nd) * (k / denom)[..., None]
-        if b.requires_grad:
-            gb = g
-            if grad_through_ratio:
-                gb = g + _unit(b.data, nb) * (-k * nd / (denom * denom))[..., None]
+        if grad_through_ratio and d.requires_grad:
+            gd = _unit(d.data, nd) * (k / denom)[..., None]
+        if grad_through_ratio and b.requires_grad:
+            gb = _unit(b.data, nb) * (-k * nd / (denom * denom))[..., None]
         if tau.requires_grad:
             gt = (-k.sum()).reshape(tau.shape).astype(tau.dtype)
         return gb, gd, gt
 
-    return Tensor.from_op(out, (b, d, tau), backward, "gated_update"), r, S
+    def backward_out(g):
+        gb, gd, gt = through_S((g * d.data).sum(axis=-1) * surrogate_grad(r - t, surrogate, temperature))
+        if d.requires_grad:
+            gd = hard[..., None] * g if gd is None else hard[..., None] * g + gd
+        if b.requires_grad:
+            gb = g if gb is None else g + gb
+        return gb, gd, gt
+
+    def backward_S(g):
+        return through_S(g * surrogate_grad(r - t, surrogate, temperature))
+
+    out_t = Tensor.from_op(out, (b, d, tau), backward_out, "gated_update")
+    return out_t, Tensor.from_op(hard, (b, d, tau), backward_S, "gated_update.S"), r
 
 
 def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1) -> Tensor:
@@ -193,9 +209,11 @@ class TokenGate(Module):
     - ``keep_ratio=k``: no ``tau``; each sequence opens its ``ceil(k T)``
       best-scoring tokens (:func:`~minitspeft.peft.selection.top_k_step`).
 
-    The variants other than the paper's are composed from ops: the score, a
-    straight-through step (:func:`threshold_step` or ``top_k_step``), then
-    ``b + S d``; ``last_S`` is that very ``S``, which the regulariser reads.
+    The paper's gate is the fused :func:`gated_update`; the other variants are
+    composed from ops: the score, a straight-through step
+    (:func:`threshold_step` or ``top_k_step``), then ``b + S d``. Either way
+    the forward keeps its ``S`` in ``last_S``: the regulariser differentiates
+    that very tensor, so there is one gate, not a second copy for the loss.
 
     Args:
         config: a :class:`GateConfig`.
@@ -207,6 +225,9 @@ class TokenGate(Module):
         tau: the threshold Parameter ``()``, kept ``>= 0``; None with a ``keep_ratio``.
         router_weight: ``(C,)`` Parameter for ``score="router"``, else absent;
         router_position_bias: ``(positions,)`` Parameter for the router when ``positions`` is given.
+        last_S: the last forward's gates ``(...)`` (exactly 0 or 1) as a Tensor that carries the
+            straight-through gradient; None before the first forward or after a pass that applied no gate.
+        last_score: the last forward's scores ``(...)`` (a backend array), what was thresholded.
     """
 
     def __init__(self, config: GateConfig, dtype=None, channels: int | None = None, positions: int | None = None):
@@ -221,18 +242,13 @@ class TokenGate(Module):
             self.router_weight = Parameter(xp.zeros((channels,), dtype=dtype))
             if positions is not None:
                 self.router_position_bias = Parameter(xp.zeros((positions,), dtype=dtype))
-        self._fused = config.score == "ratio" and config.keep_ratio is None
-        self._inputs = None
-        self._S = None
+        self.last_S = None
+        self.last_score = None
+        self._last_threshold = None
         self.reset_stats()
 
     def reset_stats(self) -> None:
         """Forget the running per-position counts (not ``tau``)."""
-        self.last_density = float("nan")
-        self.last_mean_r = float("nan")
-        self.last_surrogate_peak = float("nan")
-        self.last_score = None
-        self._last_S = None
         self._pos_open = None
         self._pos_count = 0
 
@@ -247,55 +263,49 @@ class TokenGate(Module):
         return sequence_ratio(r, c.eps) if c.score == "seq_ratio" else r
 
     def forward(self, b: Tensor, d: Tensor) -> Tensor:
+        """``b + S d`` with ``b``, ``d`` ``(..., C)`` and the gates ``S`` ``(...)``; keeps ``S`` in ``last_S``."""
         c = self.config
-        if self._fused:
-            out, s, S = gated_update(b, d, self.tau, c.surrogate, c.temperature, c.eps, c.grad_through_ratio)
-            self._inputs = (b, d) if out.requires_grad else None  # last_S is built from them only if asked for
-            self._S = None
-            self._record(S, s, self.tau.data.reshape(()))
-            return out
-        _check_pair("TokenGate", b, d)
-        s = self.score(b, d)
-        if c.keep_ratio is None:
-            S, t = threshold_step(s, self.tau, c.surrogate, c.temperature), self.tau.data.reshape(())
+        if c.score == "ratio" and c.keep_ratio is None:  # the paper's gate: one fused op
+            out, S, s = gated_update(b, d, self.tau, c.surrogate, c.temperature, c.eps, c.grad_through_ratio)
+            t = self.tau.data.reshape(())
         else:
-            S, t = top_k_step(s, c.keep_ratio, c.surrogate, c.temperature)
-        self._inputs, self._S = None, S
-        self._record(S.data, s.data, t)
-        return b + S.reshape(S.shape + (1,)) * d
+            _check_pair("TokenGate", b, d)
+            score = self.score(b, d)
+            if c.keep_ratio is None:
+                S, t = threshold_step(score, self.tau, c.surrogate, c.temperature), self.tau.data.reshape(())
+            else:
+                S, t = top_k_step(score, c.keep_ratio, c.surrogate, c.temperature)
+            out, s = b + S.reshape(S.shape + (1,)) * d, score.data
+        self.last_S, self.last_score, self._last_threshold = S, s, t.copy()
+        self._count_positions(S.data)
+        return out
 
-    def forget_last(self) -> None:
-        """Drop the last forward's gates (after a pass that applied none), so the regulariser skips this layer."""
-        self._inputs, self._S, self._last_S = None, None, None
-
-    @property
-    def last_S(self) -> Tensor | None:
-        """The last forward's gates ``S`` ``(...)`` (exactly 0 or 1), carrying the surrogate gradient
-        towards the threshold and the score: what the regulariser uses."""
-        if self._S is not None:
-            return self._S
-        if self._inputs is None:
-            return None if self._last_S is None else Tensor(self._last_S)
-        c = self.config  # the paper's fused gate: rebuild S as score -> step once, for the regulariser
-        self._S = threshold_step(self.score(*self._inputs), self.tau, c.surrogate, c.temperature)
-        return self._S
-
-    def _record(self, S, s, t) -> None:
-        xp = backend.xp
-        self._last_S = S
-        self.last_score = s
-        self.last_density = float(S.mean())
-        self.last_mean_r = float(s.mean())
-        c = self.config
-        peak = surrogate_grad(xp.zeros((), dtype=s.dtype), c.surrogate, c.temperature)
-        self.last_surrogate_peak = float(surrogate_grad(s - t, c.surrogate, c.temperature).max() / peak) \
-            if s.size else float("nan")
+    def _count_positions(self, S) -> None:
         per_pos = S.reshape(-1, S.shape[-1]) if S.ndim >= 2 else S.reshape(-1, 1)  # (N, T)
         if self._pos_open is not None and self._pos_open.shape[0] != per_pos.shape[1]:
             self._pos_open, self._pos_count = None, 0  # a new sequence length starts new counts
         opened = per_pos.sum(axis=0)
         self._pos_open = opened if self._pos_open is None else self._pos_open + opened
         self._pos_count += per_pos.shape[0]
+
+    @property
+    def last_density(self) -> float:
+        """Fraction of the last forward's updates that were applied (NaN when no gate ran)."""
+        return float("nan") if self.last_S is None else float(self.last_S.data.mean())
+
+    @property
+    def last_mean_r(self) -> float:
+        """Mean score of the last forward (NaN when no gate ran)."""
+        return float("nan") if self.last_S is None else float(self.last_score.mean())
+
+    @property
+    def last_surrogate_peak(self) -> float:
+        """The largest surrogate derivative of the last forward over its tokens, as a share of ``phi'(0)``."""
+        if self.last_S is None or not self.last_score.size:
+            return float("nan")
+        c, s = self.config, self.last_score
+        peak = surrogate_grad(backend.xp.zeros((), dtype=s.dtype), c.surrogate, c.temperature)
+        return float(surrogate_grad(s - self._last_threshold, c.surrogate, c.temperature).max() / peak)
 
     @property
     def dead(self) -> bool:
