@@ -12,6 +12,7 @@ from ..nn.module import Module
 from ..tensor import Tensor
 from .base import ModulesToSaveWrapper, PeftLayer
 from .config import AdapterConfig, GateConfig, LoraConfig
+from .injection import inject_adapter_in_model
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.npz"
@@ -23,7 +24,8 @@ _ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector", ".gate.tau",
 class PeftModel(Module):
     """A model whose target layers carry adapters; everything else is frozen.
 
-    Build it with ``get_peft_model``; calling it calls the wrapped model.
+    Build it with ``get_peft_model(model, config, gate)`` (or ``PeftModel(model, config, gate)``, the
+    same); calling it calls the wrapped model.
     Parameter names gain the prefix ``base_model.``; names in adapter files
     and :meth:`gate_stats` are relative to the base model.
 
@@ -33,12 +35,18 @@ class PeftModel(Module):
         gate_config: the :class:`GateConfig`, or None for dense PEFT.
     """
 
-    def __init__(self, model: Module, config, gate: GateConfig | None = None, replaced=(), requires_grad=None):
+    def __init__(self, model: Module, config, gate: GateConfig | None = None):
+        """Wrap ``model``'s targets in place (:func:`~minitspeft.peft.injection.inject_adapter_in_model`).
+
+        Raises:
+            TypeError, ValueError: as ``inject_adapter_in_model``; ``model`` is unchanged then.
+        """
+        injection = inject_adapter_in_model(model, config, gate)
         self.base_model = model
         self.peft_config = config
         self.gate_config = gate
-        self._replaced = list(replaced)  # (name, original module): to unwrap
-        self._requires_grad = dict(requires_grad or {})
+        self._replaced = injection.replaced  # (name, original module): to unwrap
+        self._requires_grad = injection.requires_grad
 
     @property
     def method(self) -> str:
@@ -83,19 +91,21 @@ class PeftModel(Module):
         return [p for _, g in self.gates() for name, p in g.named_parameters() if name.startswith("router_")]
 
     def optimizer_groups(self, lr: float, weight_decay: float = 0.0, tau_lr: float | None = None) -> list:
-        """Parameter groups: trainable weights; the thresholds (``"name": "tau"``) with their own learning
-        rate (``tau_lr``, else the gate config's ``tau_lr``, else ``lr``); the routers (``"name": "router"``,
-        the gate config's ``router_lr`` or ``lr``). Gate groups have no weight decay."""
+        """Parameter groups for an optimiser: the trainable weights; the thresholds (``"name": "tau"``) with
+        their own learning rate (``tau_lr``, else the gate config's ``tau_lr``, else ``lr``); the routers
+        (``"name": "router"``, the gate config's ``router_lr`` or ``lr``). Gate groups have no weight decay
+        and ``frozen_until`` set to the gate config's ``warmup_steps``: the optimiser leaves them where they
+        are for that many steps (see :class:`~minitspeft.optim.Optimizer`)."""
         taus, routers = self.thresholds(), self.routers()
         gate_ids = {id(p) for p in taus + routers}
         weights = [p for p in self.parameters() if p.requires_grad and id(p) not in gate_ids]
         groups = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
+        gc = self.gate_config
+        frozen = {"weight_decay": 0.0, "frozen_until": gc.warmup_steps} if gc is not None else {}
         if taus:
-            t_lr = tau_lr or (self.gate_config.tau_lr if self.gate_config else None) or lr
-            groups.append({"params": taus, "lr": t_lr, "weight_decay": 0.0, "name": "tau"})
+            groups.append({"params": taus, "lr": tau_lr or gc.tau_lr or lr, "name": "tau", **frozen})
         if routers:
-            groups.append({"params": routers, "lr": self.gate_config.router_lr or lr, "weight_decay": 0.0,
-                           "name": "router"})
+            groups.append({"params": routers, "lr": gc.router_lr or lr, "name": "router", **frozen})
         return groups
 
     # -------------------------------------------------------------- gates
@@ -136,11 +146,6 @@ class PeftModel(Module):
                 penalty = term if penalty is None else penalty + term
             loss = loss + penalty * (gc.bounds_weight / len(S))
         return loss
-
-    def project_thresholds(self) -> None:
-        """Apply ``tau <- max(tau, 0)`` to every gate (the optimisers here already do it after each step)."""
-        for tau in self.thresholds():
-            tau.data = backend.xp.maximum(tau.data, tau.dtype.type(0))
 
     def reset_gate_stats(self) -> None:
         """Forget every gate's running per-position counts."""
@@ -283,8 +288,6 @@ class PeftModel(Module):
                 or weights whose names or shapes do not fit the model (all
                 listed). ``base_model`` is left unchanged when it is raised.
         """
-        from .mapping import get_peft_model  # noqa: PLC0415 - mapping builds PeftModels
-
         with open(os.path.join(directory, CONFIG_NAME)) as fh:
             try:
                 meta = json.load(fh)
@@ -296,7 +299,7 @@ class PeftModel(Module):
             raise ValueError(f"from_pretrained: the adapter was trained on a {saved_class}, "
                              f"not a {type(base_model).__name__}")
         arrays, _ = load_arrays(os.path.join(directory, WEIGHTS_NAME))
-        model = get_peft_model(base_model, config, gate)
+        model = cls(base_model, config, gate)
         expected = model.adapter_state_dict()
         missing = sorted(set(expected) - set(arrays))
         unexpected = sorted(set(arrays) - set(expected))
