@@ -264,6 +264,7 @@ def _check_paths(parser, args) -> str:
 def write_plots(exp, s, state: dict, records: list, first_gated: dict, folder: str, progress: bool) -> list:
     """Write the task's PNG figures into ``folder``; return their paths.
 
+    ``first_gated`` maps a method's label to its first :class:`~minitspeft.experiment.FinetuneRun`.
     ``{task}_gates.png``: where each TS method's gates open, per block (first seed);
     ``{task}_training.png``: density and tau over training steps;
     ``{task}_tradeoff.png``: accuracy against density for TS-LoRA over ``SWEEP`` (extra runs, first seed).
@@ -271,24 +272,24 @@ def write_plots(exp, s, state: dict, records: list, first_gated: dict, folder: s
     paths = []
     if first_gated:
         grids, titles = [], []
-        for method, (_, pm, _) in first_gated.items():
-            stats = pm.gate_stats()
+        for method, run in first_gated.items():
+            stats = run.model.gate_stats()
             for b in sorted({int(k.split(".")[1]) for k in stats}):
                 pos = np.mean([v["position_density"] for k, v in stats.items() if k.startswith(f"blocks.{b}.")], 0)
                 grids.append(pos[1:].reshape(exp.grid) if exp.grid else pos[None, :])
                 titles.append(f"{method} block {b}" + (f" (CLS {pos[0]:.2f})" if exp.grid else " (positions)"))
         paths.append(os.path.join(folder, f"{exp.name}_gates.png"))
         plot_heatmaps(paths[-1], grids, titles)
-        pictures = [layer_grid(record) for record, _, _ in first_gated.values()]
+        pictures = [layer_grid(run.record) for run in first_gated.values()]
         paths.append(os.path.join(folder, f"{exp.name}_layers.png"))
         plot_heatmaps(paths[-1], [grid for _, _, grid in pictures], list(first_gated),
                       row_labels=pictures[0][1], col_labels=pictures[0][0])
         paths.append(os.path.join(folder, f"{exp.name}_training.png"))
-        plot_training(paths[-1], {m: result.history for m, (_, _, result) in first_gated.items()})
+        plot_training(paths[-1], {m: run.fit.history for m, run in first_gated.items()})
     points = []
     for weight in SWEEP:
-        record, _, _ = finetune(exp, "ts-lora", state, replace(s, sparsity_weight=weight), records[0]["seed"],
-                                progress)
+        record = finetune(exp, "ts-lora", state, replace(s, sparsity_weight=weight), records[0]["seed"],
+                          progress).record
         points.append((weight, record["density"], record["accuracy"]))
     dense = [r["accuracy"] for r in records if r["method"] == "lora" and r["seed"] == records[0]["seed"]]
     paths.append(os.path.join(folder, f"{exp.name}_tradeoff.png"))
@@ -308,10 +309,10 @@ def run_task(exp, args, cache_dir: str) -> list:
                                                if cached else f"pretrained the backbone and cached it in {cache_dir}"))
         for method in args.methods:
             for gate in (args.gate if method.startswith("ts-") else ("paper",)):
-                record, pm, result = finetune(exp, method, state, s, seed, progress, split=args.split, gate=gate)
-                records.append(record)
-                if pm.gate_config is not None and label(record) not in first_gated:
-                    first_gated[label(record)] = (record, pm, result)
+                run = finetune(exp, method, state, s, seed, progress, split=args.split, gate=gate)
+                records.append(run.record)
+                if run.model.gate_config is not None and label(run.record) not in first_gated:
+                    first_gated[label(run.record)] = run
     seeds = f"seed {args.seed}" if args.seeds == 1 else f"seeds {args.seed}..{args.seed + args.seeds - 1}"
     split = "test split" if args.split == "test" else "VALIDATION split: for choosing settings"
     print(f"\n{exp.name}: fine-tuning results ({seeds}; {split})\n")
@@ -319,8 +320,8 @@ def run_task(exp, args, cache_dir: str) -> list:
     if first_gated:
         print(f"\nToken selection ({seeds}; mean over seeds):\n")
         print(selection_table(records))
-    for method, (record, pm, result) in first_gated.items():
-        print(gate_report(exp, method, record, pm, result))
+    for method, run in first_gated.items():
+        print(gate_report(exp, method, run.record, run.model, run.fit))
     if args.plot:
         for path in write_plots(exp, s, first_state, records, first_gated, args.plot, progress):
             print(f"wrote {path}")

@@ -36,6 +36,29 @@ CACHE_VERSION = 2  # bump when pretraining changes
 PRETRAIN_FIELDS = ("n_embd", "n_head", "n_layer", "pretrain_steps", "pretrain_lr", "batch_size")
 
 
+@dataclass
+class TaskData:
+    """One task's arrays (host NumPy): training inputs and labels, evaluation inputs and labels,
+    the evaluation set's salient-token mask ``(N, T)`` (None where the task marks none), and the class count."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    mask_eval: np.ndarray | None
+    n_classes: int
+
+
+@dataclass
+class FinetuneRun:
+    """What :func:`finetune` returns: the ``record`` (see there), the trained ``model`` (a PeftModel)
+    and ``fit``, the :class:`~minitspeft.train.FitResult` of its training."""
+
+    record: dict
+    model: object
+    fit: object
+
+
 @dataclass(frozen=True)
 class Settings:
     """Sizes, step counts and gate settings of one task's runs."""
@@ -83,24 +106,22 @@ class DigitsExperiment:
 
     def backbone(self, s: Settings, n_classes: int) -> nn.Module:
         cfg = nn.TransformerConfig(n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, n_classes=n_classes,
-                                   block_size=17, pooling="cls")
+                                   pooling="cls")
         return nn.ViT(cfg, patch_size=2, image_size=8)
 
-    def pretrain_data(self, seed: int) -> tuple:
+    def pretrain_data(self, seed: int) -> TaskData:
+        """Digits 0-4, evaluated on their test images."""
         t = digits_task((0, 1, 2, 3, 4), seed=seed)
-        return t.x_train, t.y_train, t.x_test, t.y_test, 5
+        return TaskData(t.x_train, t.y_train, t.x_test, t.y_test, None, 5)
 
-    def finetune_data(self, seed: int, split: str = "test") -> tuple:
-        """``(x_train, y_train, x_eval, y_eval, salient_mask_eval or None, n_classes)``.
-
-        ``split="val"`` holds out a stratified fifth of the training images as
-        the evaluation set (for choosing settings); the test images are not used.
-        """
+    def finetune_data(self, seed: int, split: str = "test") -> TaskData:
+        """Digits 5-9 (no salient mask). ``split="val"`` holds out a stratified fifth of the training
+        images as the evaluation set (for choosing settings); the test images are not used then."""
         t = digits_task((5, 6, 7, 8, 9), seed=seed)
         if split == "test":
-            return t.x_train, t.y_train, t.x_test, t.y_test, None, 5
+            return TaskData(t.x_train, t.y_train, t.x_test, t.y_test, None, 5)
         fit_idx, val_idx = stratified_split(t.y_train, 0.2, seed)
-        return t.x_train[fit_idx], t.y_train[fit_idx], t.x_train[val_idx], t.y_train[val_idx], None, 5
+        return TaskData(t.x_train[fit_idx], t.y_train[fit_idx], t.x_train[val_idx], t.y_train[val_idx], None, 5)
 
 
 class NeedleExperiment:
@@ -122,16 +143,17 @@ class NeedleExperiment:
                                    n_embd=s.n_embd, n_classes=n_classes, pooling="cls")
         return nn.Transformer(cfg)
 
-    def pretrain_data(self, seed: int) -> tuple:
+    def pretrain_data(self, seed: int) -> TaskData:
+        """The "first" needle task, evaluated on its test split."""
         t = needle_task("first", seed=seed)
-        return t.x_train, t.y_train, t.x_test, t.y_test, 10
+        return TaskData(t.x_train, t.y_train, t.x_test, t.y_test, t.mask_test, 10)
 
-    def finetune_data(self, seed: int, split: str = "test") -> tuple:
-        """As :meth:`DigitsExperiment.finetune_data`; ``split="val"`` evaluates on the task's validation split."""
+    def finetune_data(self, seed: int, split: str = "test") -> TaskData:
+        """The "sum" needle task with its salient masks; ``split="val"`` evaluates on its validation split."""
         t = needle_task("sum", seed=seed + 1000)  # other sequences than pretraining saw
         if split == "test":
-            return t.x_train, t.y_train, t.x_test, t.y_test, t.mask_test, 10
-        return t.x_train, t.y_train, t.x_val, t.y_val, t.mask_val, 10
+            return TaskData(t.x_train, t.y_train, t.x_test, t.y_test, t.mask_test, 10)
+        return TaskData(t.x_train, t.y_train, t.x_val, t.y_val, t.mask_val, 10)
 
 
 EXPERIMENTS = {"digits": DigitsExperiment(), "needle": NeedleExperiment()}
@@ -148,9 +170,9 @@ def pretrained_backbone(exp, s: Settings, seed: int, cache_dir: str, progress: b
                           "dtype": str(backend.get_default_dtype())}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"{exp.name}-backbone-{key}.npz")
-    x_tr, y_tr, x_te, y_te, n_classes = exp.pretrain_data(seed)
+    data = exp.pretrain_data(seed)
     backend.manual_seed(seed)
-    model = exp.backbone(s, n_classes)
+    model = exp.backbone(s, data.n_classes)
     if os.path.exists(path) and os.path.exists(path + ".json"):
         try:
             state, _ = load_arrays(path)
@@ -159,11 +181,11 @@ def pretrained_backbone(exp, s: Settings, seed: int, cache_dir: str, progress: b
         except ValueError as exc:
             print(f"Ignoring the cached backbone ({exc}); pretraining again.", file=sys.stderr)
     os.makedirs(cache_dir, exist_ok=True)
-    fit(model, x_tr, y_tr, steps=s.pretrain_steps, batch_size=s.batch_size, lr=s.pretrain_lr, weight_decay=0.01,
+    fit(model, data.x_train, data.y_train, steps=s.pretrain_steps, batch_size=s.batch_size, lr=s.pretrain_lr, weight_decay=0.01,
         warmup_steps=s.pretrain_steps // 10, seed=seed, desc=f"pretrain {exp.name}", progress=progress)
     state = model.state_dict()
     save_arrays(path, state, {"task": exp.name, "settings": pretraining, "seed": seed,
-                              "pretrain_test_accuracy": evaluate(model, x_te, y_te)})
+                              "pretrain_test_accuracy": evaluate(model, data.x_eval, data.y_eval)})
     return state, False
 
 
@@ -196,8 +218,8 @@ def peft_configs(method: str, s: Settings, targets=None, gate: str = "paper", ov
 
 
 def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bool, targets=None,
-             split: str = "test", gate: str = "paper") -> tuple:
-    """Fine-tune ``method`` on ``exp``'s second task; return ``(record, peft_model, fit_result)``.
+             split: str = "test", gate: str = "paper") -> FinetuneRun:
+    """Fine-tune ``method`` on ``exp``'s second task; return a :class:`FinetuneRun` (record, model, fit).
 
     ``record`` holds ``task, method, gate, seed, trainable_params, accuracy,
     density, tau, seconds, layer_density`` and, for gated methods, the
@@ -218,18 +240,18 @@ def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bo
     if split not in ("test", "val"):
         raise ValueError(f"finetune: split must be 'test' or 'val', got {split!r}")
     config, gate_config = peft_configs(method, s, targets, gate, exp.gate_overrides.get(gate))
-    x_tr, y_tr, x_te, y_te, mask_te, n_classes = exp.finetune_data(seed, split)
+    data = exp.finetune_data(seed, split)
     backend.manual_seed(seed + 1)
     model = exp.backbone(s, state["head.weight"].shape[0])
     model.load_state_dict(state)
-    model.head = nn.Linear(s.n_embd, n_classes)  # a new head for the new task
+    model.head = nn.Linear(s.n_embd, data.n_classes)  # a new head for the new task
     pm = get_peft_model(model, config, gate=gate_config)
     with warnings.catch_warnings():  # fit's gate warnings are in result.notes; the report prints them
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = fit(pm, x_tr, y_tr, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
+        result = fit(pm, data.x_train, data.y_train, steps=s.finetune_steps, batch_size=s.batch_size, lr=s.finetune_lr,
                      seed=seed, desc=f"{exp.name} {method}", progress=progress)
     pm.reset_gate_stats()
-    acc = evaluate(pm, x_te, y_te)  # also fills the gates' per-position counts
+    acc = evaluate(pm, data.x_eval, data.y_eval)  # also fills the gates' per-position counts
     stats = pm.gate_stats()
     layer_density = [float(np.mean(v["position_density"])) for v in stats.values()]
     gated = gate_config is not None
@@ -244,10 +266,10 @@ def finetune(exp, method: str, state: dict, s: Settings, seed: int, progress: bo
     }
     if split != "test":
         record["split"] = split
-    record.update(selectivity_record(pm, x_te, mask_te) if gated else
+    record.update(selectivity_record(pm, data.x_eval, data.mask_eval) if gated else
                   dict.fromkeys(("useless_density", "seq_spread", "salient_density", "other_density", "token_auc",
                                  "layer_token_auc", "layer_selectivity")))
-    return record, pm, result
+    return FinetuneRun(record, pm, result)
 
 
 def selectivity_record(pm, x, mask) -> dict:
@@ -284,8 +306,8 @@ def importance_study(exp, s: Settings, state: dict, seed: int, progress: bool) -
         ``{"density_ranking", "norm_ranking", "runs": [{"ranking", "layers", "trainable_params",
         "accuracy"}, ...]}`` (rankings are lists of ``(layer, score)``, best first).
     """
-    _, dense, _ = finetune(exp, "lora", state, s, seed, progress)
-    _, gated, _ = finetune(exp, "ts-lora", state, s, seed, progress)
+    dense = finetune(exp, "lora", state, s, seed, progress).model
+    gated = finetune(exp, "ts-lora", state, s, seed, progress).model
     norms = {name: float(np.linalg.norm(backend.to_numpy(layer.delta_weight()))) for name, layer in dense.peft_layers()}
     densities = {name: float(np.mean(v["position_density"])) for name, v in gated.gate_stats().items()}
     by_density = sorted(densities.items(), key=lambda kv: -kv[1])
@@ -301,7 +323,7 @@ def importance_study(exp, s: Settings, state: dict, seed: int, progress: bool) -
             used += cost[name]
     runs = []
     for ranking, layers in (("density", chosen), ("update norm", by_norm_chosen)):
-        record, _, _ = finetune(exp, "lora", state, s, seed, progress, targets=layers)
+        record = finetune(exp, "lora", state, s, seed, progress, targets=layers).record
         runs.append({"ranking": ranking, "layers": layers, "trainable_params": record["trainable_params"],
                      "accuracy": record["accuracy"]})
     return {"density_ranking": by_density, "norm_ranking": by_norm, "runs": runs}

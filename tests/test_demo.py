@@ -224,16 +224,16 @@ def test_validation_split_never_touches_the_test_images():
     from minitspeft.experiment import EXPERIMENTS
 
     exp = EXPERIMENTS["digits"]
-    x_fit, _, x_val, _, _, _ = exp.finetune_data(0, "val")
-    x_train, _, x_test, _, _, _ = exp.finetune_data(0, "test")
+    val, test = exp.finetune_data(0, "val"), exp.finetune_data(0, "test")
+    x_fit, x_val, x_train, x_test = val.x_train, val.x_eval, test.x_train, test.x_eval
     assert len(x_fit) + len(x_val) == len(x_train)
     test_rows = {row.tobytes() for row in x_test}
     assert not any(row.tobytes() in test_rows for row in x_val)
     rows = {row.tobytes() for row in x_train}
     assert all(row.tobytes() in rows for row in np.concatenate([x_fit, x_val]))
     needle = EXPERIMENTS["needle"]
-    _, _, xv, yv, mv, _ = needle.finetune_data(0, "val")
-    _, _, xt, _, _, _ = needle.finetune_data(0, "test")
+    val, test = needle.finetune_data(0, "val"), needle.finetune_data(0, "test")
+    xv, yv, mv, xt = val.x_eval, val.y_eval, val.mask_eval, test.x_eval
     assert len(xv) == len(yv) == len(mv) and not np.array_equal(xv[: len(xt)], xt[: len(xv)])
 
 

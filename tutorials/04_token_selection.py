@@ -69,7 +69,7 @@ runs = {gate: finetune(exp, "ts-lora", state, settings, 0, progress=False, gate=
 
 
 def show(name):
-    record, pm, _ = runs[name]
+    record, pm = runs[name].record, runs[name].model
     print(f"\n{name}: accuracy {record['accuracy']:.3f}, density {record['density']:.2f}, "
           f"useless updates applied {record['useless_density']:.2f}")
     print("layer                    density  salient  other  token_auc")
@@ -91,7 +91,7 @@ paper, paper_model = show("paper")
 # from `tau`, `phi'` is about 0: the threshold no longer sees that token.
 
 # %%
-x_eval = exp.finetune_data(0)[2]
+x_eval = exp.finetune_data(0).x_eval
 paper_model.eval()
 paper_model(x_eval[:200])
 T = settings.temperature
