@@ -163,3 +163,45 @@ def test_threshold_rejects_non_scalar_tau():
 def test_gate_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         GateConfig(**{field: value})
+
+
+def test_the_fused_gates_S_output_backpropagates_like_threshold_step_after_token_ratio():
+    """gated_update's second output S is the straight-through gate: its gradient to b, d and tau equals the
+    composition threshold_step(token_ratio(b, d), tau), to the last bit."""
+    from minitspeft.peft import gated_update
+
+    b0, d0 = _inputs(9)
+    w = np.random.default_rng(10).normal(size=b0.shape[:-1])
+    grads = []
+    for fused in (True, False):
+        b, d = mt.Tensor(b0.copy(), requires_grad=True), mt.Tensor(d0.copy(), requires_grad=True)
+        tau = Parameter(np.array(0.8))
+        if fused:
+            _, S, r = gated_update(b, d, tau, "sigmoid", 0.3, EPS)
+            np.testing.assert_array_equal(r, token_ratio(b, d, EPS).data)
+        else:
+            S = threshold_step(token_ratio(b, d, EPS), tau, "sigmoid", 0.3)
+        (S * mt.Tensor(w)).sum().backward()
+        grads.append((b.grad, d.grad, tau.grad, S.data))
+    for got, want in zip(*grads):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_last_S_is_the_gate_of_the_last_forward_and_clears_when_no_gate_runs():
+    from minitspeft import nn
+    from minitspeft.peft import LoraConfig, get_peft_model
+
+    mt.manual_seed(0)
+    model = nn.Transformer(nn.TransformerConfig(n_layer=1, n_head=2, n_embd=8, n_classes=2, block_size=6))
+    pm = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+                        gate=GateConfig(sparsity_weight=1.0, tau_init=0.5))
+    (_, gate), = pm.gates()
+    ids = np.array([[1, 2, 3, 4]])
+    pm(ids)
+    S = gate.last_S
+    assert S.shape == (1, 4) and S.requires_grad
+    pm.sparsity_loss().backward()  # differentiates that very S
+    assert pm.thresholds()[0].grad is not None
+    with pm.disable_adapter():
+        pm(ids)
+    assert gate.last_S is None and float(pm.sparsity_loss().data) == 0.0

@@ -768,3 +768,68 @@ def test_no_grad_is_per_thread():
     release.set()
     t.join()
     assert seen == {"main": True, "other": False}
+
+
+# ------------------------------------------------------- the extension API
+
+
+def test_from_op_names_the_op_when_a_rule_returns_the_wrong_count_or_shape():
+    x = Tensor(_rng().standard_normal(3), requires_grad=True)
+    two = Tensor.from_op(x.data * 2, (x,), lambda g: (g, g), "two_grads")
+    with pytest.raises(RuntimeError, match=r"'two_grads'.*2 gradients for 1 inputs"):
+        two.sum().backward()
+    flat = Tensor.from_op(x.data * 2, (x,), lambda g: (g.sum(keepdims=True),), "flat")
+    with pytest.raises(RuntimeError, match=r"'flat'.*input 0 has shape \(1,\)"):
+        flat.sum().backward()
+    assert x.grad is None and two.op == "two_grads" and x.op == ""
+
+
+def test_attach_methods_refuses_to_replace_the_engine():
+    from minitspeft.tensor import attach_methods
+
+    with pytest.raises(RuntimeError, match="backward"):
+        attach_methods({"backward": lambda self: None})
+    assert Tensor.backward.__module__ == "minitspeft.tensor"
+
+
+def test_tensor_module_imports_no_op_module():
+    """The engine depends one way: tensor.py names no op module, the op modules attach themselves."""
+    import ast
+    import pathlib
+
+    tree = ast.parse(pathlib.Path(sys.modules["minitspeft.tensor"].__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert imported <= {"__future__", None, "grad_mode"}, imported
+    assert Tensor.__add__ is ops.add and Tensor.sum is reductions.sum
+
+
+def test_enable_grad_works_as_a_decorator_inside_no_grad():
+    @mt.enable_grad()
+    def record(t):
+        return t * 2
+
+    x = Tensor(np.ones(2), requires_grad=True)
+    with mt.no_grad():
+        assert record(x).requires_grad
+        assert not (x * 2).requires_grad
+
+
+def test_check_grad_refuses_non_float64_and_catches_in_place_changes_and_a_wrong_oracle():
+    pytest.importorskip("autograd")
+    import autograd.numpy as anp
+
+    with pytest.raises(TypeError, match="float64"):
+        check_grad(lambda t: t * 2, np.ones(3, np.float32))
+
+    def sneaky(t):
+        t.data *= 1.0 + 1e-3  # an op that changes its input's array in place
+        return t * 2
+
+    x = _rng().standard_normal(3)
+    grads, v = check_grad(lambda t: t.tanh(), x, oracle=anp.tanh)
+    np.testing.assert_allclose(grads[0], v * (1 - np.tanh(x) ** 2), rtol=1e-12)
+    with pytest.raises(AssertionError, match="oracle"):
+        check_grad(lambda t: t.tanh(), x, oracle=anp.sin)
+    with pytest.raises(AssertionError):
+        check_grad(sneaky, x)

@@ -143,3 +143,23 @@ def test_target_density_loss():
 def test_lora_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         LoraConfig(**{field: value})
+
+
+def test_injection_is_what_peft_model_is_built_from_and_unload_undoes_it():
+    from minitspeft.peft import PeftModel, inject_adapter_in_model
+
+    def fresh():
+        mt.manual_seed(0)
+        return nn.Transformer(nn.TransformerConfig(n_layer=1, n_head=2, n_embd=8, n_classes=2, block_size=6))
+
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], modules_to_save=["head"])
+    plain = fresh()
+    injection = inject_adapter_in_model(plain, config)
+    assert [n for n, _ in injection.replaced] == ["blocks.0.attn.q_proj", "blocks.0.attn.v_proj", "head"]
+    assert not any(p.requires_grad for n, p in plain.named_parameters() if "base_layer" in n)
+    a, b = PeftModel(fresh(), config), get_peft_model(fresh(), config)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    before = fresh().state_dict()
+    restored = PeftModel(fresh(), config).unload()
+    assert list(restored.state_dict()) == list(before)
+    assert all(p.requires_grad for p in restored.parameters())

@@ -164,3 +164,48 @@ def test_clip_grad_norm():
     p.grad, q.grad = np.array([3.0, 0.0]), np.array([4.0])
     assert clip_grad_norm([p, q], 1.0) == pytest.approx(5.0)
     assert np.sqrt((p.grad ** 2).sum() + (q.grad ** 2).sum()) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("opt_cls", [SGD, AdamW])
+def test_frozen_until_holds_a_group_whatever_the_schedule_sets(opt_cls):
+    """A group with frozen_until=k keeps its values for k steps even if its lr is set afterwards, then moves."""
+    from minitspeft.optim import set_lr_factor
+
+    free, held = nn.Parameter(np.ones(3)), nn.Parameter(np.ones(3))
+    opt = opt_cls([{"params": [free]}, {"params": [held], "frozen_until": 3}], lr=0.1)
+    for step in range(5):
+        set_lr_factor(opt, 1.0)  # the schedule sets every group's lr, the frozen one's included
+        free.grad, held.grad = np.ones(3), np.ones(3)
+        before = held.data.copy()
+        opt.step()
+        assert np.array_equal(held.data, before) == (step < 3), step
+        assert opt.step_count == step + 1
+    assert not np.array_equal(free.data, np.ones(3))
+
+
+def test_step_count_is_saved_and_a_state_without_it_is_refused():
+    p = nn.Parameter(np.ones(2))
+    opt = AdamW([{"params": [p], "frozen_until": 2}], lr=0.1)
+    p.grad = np.ones(2)
+    opt.step()
+    arrays, meta = opt.state_dict()
+    again = AdamW([{"params": [nn.Parameter(np.ones(2))], "frozen_until": 2}], lr=0.1)
+    again.load_state_dict(arrays, meta)
+    assert again.step_count == 1 and again.lr_of(again.param_groups[0]) == 0.0
+    del meta["step_count"]
+    fresh = AdamW([nn.Parameter(np.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match="step count"):
+        fresh.load_state_dict(arrays, meta)
+    assert fresh.step_count == 0 and fresh.state == {}
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_frozen_until_must_be_a_non_negative_integer(bad):
+    with pytest.raises(ValueError, match="frozen_until"):
+        AdamW([{"params": [nn.Parameter(np.ones(1))], "frozen_until": bad}])
+
+
+def test_peft_model_gate_groups_carry_the_gate_warmup():
+    groups = {g.get("name"): g for g in _model(gated=True).optimizer_groups(1e-2)}
+    assert groups["tau"]["frozen_until"] == 3 and groups["tau"]["weight_decay"] == 0.0
+    assert "frozen_until" not in groups[None]

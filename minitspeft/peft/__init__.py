@@ -10,6 +10,7 @@ from .config import GATE_VARIANTS, AdapterConfig, GateConfig, LoraConfig
 from .gate import TokenGate, gated_update, reference_gate, threshold_step, token_ratio
 from .selection import router_score, sequence_ratio, top_k_step
 from .surrogates import SURROGATES, surrogate_grad, surrogate_step
+from .injection import Injection, inject_adapter_in_model
 from .lora import LoraLinear
 from .mapping import get_peft_model
 from .model import PeftModel
@@ -18,5 +19,5 @@ __all__ = [
     "LoraConfig", "AdapterConfig", "GateConfig", "PeftLayer", "LoraLinear", "AdapterLayer", "ModulesToSaveWrapper",
     "TokenGate", "PeftModel", "get_peft_model", "token_ratio", "threshold_step", "surrogate_grad",
     "GATE_VARIANTS", "SURROGATES", "gated_update", "reference_gate", "surrogate_step", "sequence_ratio",
-    "router_score", "top_k_step",
+    "router_score", "top_k_step", "inject_adapter_in_model", "Injection",
 ]
