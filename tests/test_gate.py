@@ -1,4 +1,4 @@
-"""The token gate: forward exactly ``b + 1[r >= tau] d``, backward exactly TS-PEFT.md's equations."""
+"""The token gate: forward exactly ``b + 1[r >= tau] d``, backward exactly the equations of docs/gate.md."""
 
 import numpy as np
 import pytest

@@ -9,7 +9,7 @@ large relative to the frozen output b_i:
 
 The step 1[r >= tau] is flat almost everywhere, so its true derivative is 0
 and tau would never learn. The straight-through trick (derived here, see
-TS-PEFT.md) keeps the hard 0/1 in the forward pass and uses a smooth stand-in
+docs/gate.md) keeps the hard 0/1 in the forward pass and uses a smooth stand-in
 phi'(r - tau) in the backward pass. This lesson builds one gated layer by
 hand, prints every number, and checks the engine against the formulas.
 """

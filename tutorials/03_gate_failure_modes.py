@@ -3,7 +3,7 @@
 Run it:  python tutorials/03_gate_failure_modes.py
 
 Three short trainings of a tiny ViT with TS-LoRA on a toy image task show
-the two failure modes named in TS-PEFT.md (derived here, not in the paper):
+the two failure modes described in docs/gate.md (derived here, not in the paper):
 
 1. a *dead layer*: tau outruns r (which starts at 0, because B starts at 0),
    every gate of the layer closes, and S = 0 blocks the direct gradient to
