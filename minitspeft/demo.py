@@ -26,6 +26,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .checks import check_int
 from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretrained_backbone, quick,
                          token_level_summary)
 from .peft import GATE_VARIANTS
@@ -160,24 +161,18 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seed must be an integer >= 0, got {value}")
-    return value
+def _int_at_least(name: str, low: int):
+    """An argparse type: an integer ``>= low``, refused with a one-line message naming ``name``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+            check_int("demo", name, value, low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {text!r}") from None
+        return value
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"seeds must be an integer >= 1, got {text!r}")
-    return value
+    return parse
 
 
 def _name_list(what: str, choices: tuple):
@@ -203,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="NAME[,NAME...]",
                    help=f"gate variant(s) of the ts- methods, from {', '.join(GATE_VARIANTS)} (default paper: "
                         "the ratio test of TS-PEFT); several run each ts- method once per variant")
-    p.add_argument("--seed", type=_seed, default=0, help="first seed of data split, initialisation and batches (>= 0)")
-    p.add_argument("--seeds", type=_count, default=1, help="run seeds seed..seed+N-1 and report mean ± spread")
+    p.add_argument("--seed", type=_int_at_least("seed", 0), default=0, help="first seed of data split, initialisation and batches (>= 0)")
+    p.add_argument("--seeds", type=_int_at_least("seeds", 1), default=1, help="run seeds seed..seed+N-1 and report mean ± spread")
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="evaluate on the test split (default) or a validation split held out of the training "
                         "data (for choosing settings without looking at the test split)")
