@@ -1,4 +1,4 @@
-"""Gradient checks for the fused ops in ``functional.py``.
+"""Gradient checks for the fused ops of ``minitspeft.functional``.
 
 Each fused op is checked three ways in float64:
 
