@@ -173,7 +173,7 @@ def pretrained_backbone(exp, s: Settings, seed: int, cache_dir: str, progress: b
     data = exp.pretrain_data(seed)
     backend.manual_seed(seed)
     model = exp.backbone(s, data.n_classes)
-    if os.path.exists(path) and os.path.exists(path + ".json"):
+    if os.path.exists(path):  # the .npz is the whole entry (its .json is a readable copy)
         try:
             state, _ = load_arrays(path)
             model.load_state_dict(state)  # checks every name and shape

@@ -1,7 +1,13 @@
-"""Safe, atomic array files: ``.npz`` without pickle, plus a JSON side file.
+"""Safe, atomic array files: one ``.npz`` per unit (arrays and their record together), never pickled.
 
-A write goes to a temporary file in the target folder and is renamed into
-place, so a crash never leaves half a file; loading never unpickles.
+A unit that must match (weights and the record of how they were made) is
+saved as **one file**: the arrays and, under the reserved key ``__meta__``,
+the record as UTF-8 JSON bytes. The write goes to a temporary file in the
+target folder and is renamed into place, so after a crash the file is the
+complete old unit or the complete new one, never a mix. A readable copy of
+the record is written next to it (``path + ".json"``) *after* the unit; it
+is for people, and loading never reads it. Saved files get the mode the
+umask gives (as ``open()`` would), not the temporary file's 0600.
 """
 
 from __future__ import annotations
@@ -15,6 +21,15 @@ import numpy as np
 
 from .backend import to_numpy
 
+META_KEY = "__meta__"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 
 def _atomic_write(path: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
@@ -24,6 +39,7 @@ def _atomic_write(path: str, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -31,17 +47,33 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
-def save_npz(path: str, arrays: dict) -> None:
-    """Write ``arrays`` (name -> NumPy or CuPy array) to ``path`` as an uncompressed ``.npz``, atomically.
+def _host_arrays(op: str, arrays: dict) -> dict:
+    host = {}
+    for k, v in arrays.items():
+        if not isinstance(k, str) or not k or k == META_KEY:
+            raise ValueError(f"{op}: array name {k!r} is empty, not a string, or the reserved {META_KEY!r}")
+        host[k] = to_numpy(v)
+        if host[k].dtype == object:
+            raise ValueError(f"{op}: array {k!r} holds Python objects; only numeric arrays are saved")
+    return host
+
+
+def save_npz(path: str, arrays: dict, meta: dict | None = None) -> None:
+    """Write ``arrays`` (name -> NumPy or CuPy array) and ``meta`` (JSON-able) to ``path`` as one
+    uncompressed ``.npz``, atomically.
 
     Raises:
         OSError: if the folder is missing or not writable (nothing is left behind).
-        ValueError: for an array of Python objects (it would need pickle).
+        ValueError: for an array of Python objects (it would need pickle), a bad or reserved
+            name, or a ``meta`` that JSON cannot encode. Nothing is written then.
     """
-    host = {k: to_numpy(v) for k, v in arrays.items()}
-    for k, v in host.items():
-        if v.dtype == object:
-            raise ValueError(f"save_npz: array {k!r} holds Python objects; only numeric arrays are saved")
+    host = _host_arrays("save_npz", arrays)
+    if meta is not None:
+        try:
+            text = json.dumps(meta, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"save_npz: the record for {path!r} is not JSON-able: {exc}") from None
+        host[META_KEY] = np.frombuffer(text.encode(), dtype=np.uint8)
     _atomic_write(path, lambda fh: np.savez(fh, **host))
 
 
@@ -51,37 +83,43 @@ def save_json(path: str, obj) -> None:
 
 
 def save_arrays(path: str, arrays: dict, meta: dict | None = None) -> None:
-    """Write ``arrays`` to ``path`` (``.npz``) and ``meta`` to ``path + ".json"``, each atomically.
+    """Write one unit: ``arrays`` and ``meta`` into ``path`` (``.npz``), then a readable copy of ``meta``
+    to ``path + ".json"``.
 
-    The JSON goes last, so its presence means the arrays are complete.
+    The unit is the ``.npz`` alone (see the module docstring), so an
+    interruption leaves the old unit or the new one.
 
     Raises:
-        OSError: if the folder is missing or not writable (nothing is left behind).
+        OSError, ValueError: as :func:`save_npz`.
     """
-    save_npz(path, arrays)
+    save_npz(path, arrays, meta)
     if meta is not None:
         save_json(path + ".json", meta)
 
 
 def load_arrays(path: str) -> tuple:
-    """Read what :func:`save_arrays` wrote: ``(arrays, meta)``, ``meta`` None when there is no JSON file.
+    """Read one unit written by :func:`save_arrays` or :func:`save_npz`: ``(arrays, meta)``, with ``meta``
+    None when the file holds no record.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        ValueError: if the file is damaged (truncated, corrupted), is not an
-            ``.npz``, holds pickled objects, or its JSON side file is not valid JSON.
+        ValueError: if the file is not an ``.npz`` archive (an ``.npy`` file, for example), is
+            damaged (truncated, corrupted), holds pickled objects, or its record is not valid JSON.
     """
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
+        with open(path, "rb") as fh:
+            if fh.read(4) != _ZIP_MAGIC:
                 raise ValueError("not an .npz archive")
+        with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = None
-        if os.path.exists(path + ".json"):
-            with open(path + ".json") as fh:
-                meta = json.load(fh)
+        if META_KEY in arrays:
+            raw = arrays.pop(META_KEY)
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise ValueError(f"the record {META_KEY!r} is not UTF-8 bytes")
+            meta = json.loads(raw.tobytes().decode())
     except FileNotFoundError:
         raise
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
         raise ValueError(f"load_arrays: {path!r} is unreadable or damaged ({type(exc).__name__}: {exc})") from exc
     return arrays, meta

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from . import backend
 from . import functional as F
-from .checks import check_int
+from .checkpoint import CHECKPOINT, load_checkpoint, run_fingerprint, save_checkpoint
+from .checks import check_int, check_number
 from .nn.module import Module
-from .io import load_arrays, save_arrays
 from .optim import AdamW, clip_grad_norm, set_lr_factor, warmup_cosine
 from .peft.model import PeftModel
 from .tensor import no_grad
@@ -58,46 +58,6 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
     epoch, i = divmod(step, n // batch_size)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     return perm[i * batch_size:(i + 1) * batch_size]
-
-
-CHECKPOINT = "checkpoint.npz"
-
-
-def save_checkpoint(folder: str, model: Module, opt, step: int, history: list, fingerprint: dict) -> str:
-    """Write model, optimiser and RNG state after ``step`` steps to ``folder/checkpoint.npz`` (+ ``.json``),
-    atomically; return the path."""
-    os.makedirs(folder, exist_ok=True)
-    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_arrays, opt_meta = opt.state_dict()
-    arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
-    meta = {"step": step, "history": history, "rng": backend.get_rng_state(), "optim": opt_meta,
-            "fingerprint": fingerprint}
-    path = os.path.join(folder, CHECKPOINT)
-    save_arrays(path, arrays, meta)
-    return path
-
-
-def _load_checkpoint(folder: str, model: Module, opt, fingerprint: dict) -> tuple:
-    """Restore a checkpoint written by :func:`save_checkpoint`; return ``(step, history)``.
-
-    Raises:
-        ValueError: if it was written by a run with other settings, or does not
-            fit the model or optimiser; the model is left as it was.
-    """
-    arrays, meta = load_arrays(os.path.join(folder, CHECKPOINT))
-    if meta is None or meta.get("fingerprint") != fingerprint:
-        raise ValueError(f"fit: the checkpoint in {folder!r} was written by a run with other settings "
-                         f"({None if meta is None else meta.get('fingerprint')} != {fingerprint})")
-    before = model.state_dict()
-    model.load_state_dict({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")})
-    try:
-        opt.load_state_dict({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
-                            meta["optim"])
-        backend.set_rng_state(meta["rng"])
-    except (ValueError, KeyError) as exc:
-        model.load_state_dict(before)
-        raise ValueError(f"fit: the checkpoint in {folder!r} does not fit this model/optimiser: {exc}") from exc
-    return int(meta["step"]), list(meta["history"])
 
 
 def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0,
@@ -137,15 +97,18 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             checkpoint from other settings (nothing is changed then).
         FloatingPointError: naming the step at which the loss became NaN or infinite.
     """
-    x, y = _checked_data(model, x, y, steps, batch_size, checkpoint_every, resume, checkpoint_dir)
+    x, y = _checked_data(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                         warmup_steps=warmup_steps, seed=seed, max_grad_norm=max_grad_norm,
+                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
     backend.manual_seed(seed)
     peft = model if isinstance(model, PeftModel) and model.gate_config is not None else None
     opt = build_optimizer(model, lr, weight_decay)
-    fingerprint = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                   "warmup_steps": warmup_steps, "seed": seed, "n": len(x), "max_grad_norm": max_grad_norm}
+    fingerprint = run_fingerprint(model, opt, x, y, {
+        "steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+        "warmup_steps": warmup_steps, "seed": seed, "max_grad_norm": max_grad_norm})
     result, first = FitResult(), 0
     if resume and os.path.exists(os.path.join(checkpoint_dir, CHECKPOINT)):
-        first, result.history = _load_checkpoint(checkpoint_dir, model, opt, fingerprint)
+        first, result.history = load_checkpoint(checkpoint_dir, model, opt, fingerprint, steps)
     model.train()
     start = time.perf_counter()
     bar = tqdm(range(first, steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
@@ -172,20 +135,24 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
     return result
 
 
-def _checked_data(model: Module, x, y, steps: int, batch_size: int, checkpoint_every: int, resume: bool,
-                  checkpoint_dir) -> tuple:
-    """``(x, y)`` as host arrays after the checks of :func:`fit` (see there)."""
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"fit: x has {len(x)} examples and y has {len(y)}; they must match and be non-empty")
-    check_int("fit", "steps", steps)
-    check_int("fit", "batch_size", batch_size)
-    check_int("fit", "checkpoint_every", checkpoint_every, 0)
-    if resume and checkpoint_dir is None:
-        raise ValueError("fit: resume=True needs a checkpoint_dir")
+def _checked_data(model: Module, x, y, **settings) -> tuple:
+    """``(x, y)`` as host arrays after every check of :func:`fit`'s arguments (see there)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"fit: x {x.shape} and y {y.shape} must hold the same number (> 0) of examples")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"fit: y must hold integer class labels, got dtype {y.dtype}")
+    for name, low in (("steps", 1), ("batch_size", 1), ("warmup_steps", 0), ("seed", 0), ("checkpoint_every", 0)):
+        check_int("fit", name, settings[name], low)
+    check_number("fit", "lr", settings["lr"], 0)
+    check_number("fit", "weight_decay", settings["weight_decay"], 0)
+    check_number("fit", "max_grad_norm", settings["max_grad_norm"], 0, low_open=True, allow_none=True)
+    if settings["checkpoint_dir"] is None and (settings["resume"] or settings["checkpoint_every"]):
+        raise ValueError("fit: resume=True and checkpoint_every need a checkpoint_dir")
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
                          "from_pretrained is frozen unless is_trainable=True)")
-    return np.asarray(x), np.asarray(y)
+    return x, y
 
 
 def build_optimizer(model: Module, lr: float, weight_decay: float = 0.0) -> AdamW:

@@ -109,11 +109,14 @@ def _damage_wrong_keys(path):
     np.savez(path, **{"unrelated.weight": np.zeros((2, 2))})
 
 
-def _damage_json(path):
-    pathlib.Path(str(path) + ".json").write_text("{not json")
+def _damage_npy(path):
+    import numpy as np
+
+    with open(path, "wb") as fh:  # an .npy file where the .npz should be
+        np.save(fh, np.zeros(3))
 
 
-@pytest.mark.parametrize("damage", [_damage_truncate, _damage_empty, _damage_flip, _damage_wrong_keys, _damage_json])
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_empty, _damage_flip, _damage_wrong_keys, _damage_npy])
 def test_damaged_cache_is_retrained_not_fatal(tmp_path, capsys, damage):
     cache = tmp_path / "cache"
     args = ["--quick", "--no-progress", "--cache-dir", str(cache)]
@@ -125,6 +128,18 @@ def test_damaged_cache_is_retrained_not_fatal(tmp_path, capsys, damage):
     captured = capsys.readouterr()
     assert "pretrained the backbone" in captured.out and "Ignoring the cached backbone" in captured.err
     assert demo.main(args) == 0  # the entry was rewritten whole
+    assert "from the cache" in capsys.readouterr().out
+
+
+def test_a_damaged_readable_copy_does_not_matter(tmp_path, capsys):
+    """The cache entry is the .npz alone (arrays and record together); its .json is a copy for people."""
+    cache = tmp_path / "cache"
+    args = ["--quick", "--no-progress", "--cache-dir", str(cache)]
+    assert demo.main(args) == 0
+    (entry,) = cache.glob("*.npz")
+    pathlib.Path(str(entry) + ".json").write_text("{not json")
+    capsys.readouterr()
+    assert demo.main(args) == 0
     assert "from the cache" in capsys.readouterr().out
 
 

@@ -7,6 +7,7 @@ import pytest
 
 import minitspeft as mt
 from minitspeft import nn
+from minitspeft.io import load_arrays, save_npz
 from minitspeft.peft import AdapterConfig, GateConfig, LoraConfig, PeftModel, get_peft_model
 from minitspeft.peft.base import PeftLayer
 
@@ -48,9 +49,9 @@ def test_round_trip_is_exact(name, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.npz"]
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
     assert meta["method"] == name and meta["config"] == CASES[name][0].to_dict()
-    with np.load(tmp_path / "adapter_model.npz", allow_pickle=False) as z:
-        saved = set(z.files)
-    assert saved == set(pm.adapter_state_dict())
+    saved, record = load_arrays(str(tmp_path / "adapter_model.npz"))
+    saved = set(saved)
+    assert saved == set(pm.adapter_state_dict()) and record == meta  # the record travels inside the weights
     assert not any("base_layer" in k or "original_module" in k for k in saved)  # adapter weights only
     loaded = PeftModel.from_pretrained(_vit(), str(tmp_path))
     x = _images()
@@ -70,10 +71,11 @@ def _unchanged(model, before):
 
 
 def _rewrite_config(tmp_path, change):
-    path = tmp_path / "adapter_config.json"
-    meta = json.loads(path.read_text())
+    """Change the saved record (inside adapter_model.npz, and its readable copy the same way)."""
+    arrays, meta = load_arrays(str(tmp_path / "adapter_model.npz"))
     change(meta)
-    path.write_text(json.dumps(meta))
+    save_npz(str(tmp_path / "adapter_model.npz"), arrays, meta)
+    (tmp_path / "adapter_config.json").write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("damage,needle", [
@@ -97,10 +99,9 @@ def test_bad_configs_are_refused_and_change_nothing(tmp_path, damage, needle):
 def test_wrong_shapes_and_damaged_weights_are_refused(tmp_path):
     _trained("lora").save_pretrained(str(tmp_path))
     weights = tmp_path / "adapter_model.npz"
-    with np.load(weights) as z:
-        arrays = dict(z)
+    arrays, record = load_arrays(str(weights))
     arrays["blocks.0.attn.q_proj.lora_A.weight"] = np.zeros((5, 16))
-    np.savez(weights, **arrays)
+    save_npz(str(weights), arrays, record)
     base = _vit()
     before = base.state_dict()
     with pytest.raises(ValueError, match=r"wrong shapes \['blocks.0.attn.q_proj.lora_A.weight"):
@@ -110,9 +111,10 @@ def test_wrong_shapes_and_damaged_weights_are_refused(tmp_path):
     with pytest.raises(ValueError, match="damaged"):
         PeftModel.from_pretrained(base, str(tmp_path))
     _unchanged(base, before)
-    (tmp_path / "adapter_config.json").write_text("{oops")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        PeftModel.from_pretrained(base, str(tmp_path))
+    _trained("lora").save_pretrained(str(tmp_path))
+    (tmp_path / "adapter_config.json").write_text("{oops")  # only the readable copy: the unit is whole
+    with pytest.warns(RuntimeWarning, match="differs from the record"):
+        PeftModel.from_pretrained(_vit(), str(tmp_path))
 
 
 def test_missing_files(tmp_path):
@@ -151,3 +153,59 @@ def test_fit_refuses_a_frozen_model(tmp_path):
     frozen = PeftModel.from_pretrained(_vit(), str(tmp_path))
     with pytest.raises(ValueError, match="no trainable parameters.*is_trainable=True"):
         fit(frozen, _images(), np.array([0, 1, 2]), steps=1, progress=False)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((2, 16), dtype=np.int64), np.zeros((2, 16), dtype=complex)])
+def test_a_weight_of_the_wrong_dtype_is_refused_and_the_base_model_is_left_unwrapped(tmp_path, bad):
+    _trained("lora").save_pretrained(str(tmp_path))
+    weights = str(tmp_path / "adapter_model.npz")
+    arrays, record = load_arrays(weights)
+    arrays["blocks.0.attn.q_proj.lora_A.weight"] = bad
+    save_npz(weights, arrays, record)
+    base = _vit()
+    before = base.state_dict()
+    with pytest.raises(ValueError, match="non-float dtypes"):
+        PeftModel.from_pretrained(base, str(tmp_path))
+    _unchanged(base, before)
+
+
+def test_saving_after_merge_and_unload_is_refused_instead_of_writing_an_empty_adapter(tmp_path):
+    pm = get_peft_model(_vit(), LoraConfig(r=2, target_modules=["q_proj"]))
+    pm.merge_and_unload()
+    with pytest.raises(ValueError, match="holds no adapters"):
+        pm.save_pretrained(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fail_at", ["weights", "config"])
+def test_an_interrupted_save_pretrained_loads_the_old_adapter_or_the_new_one(tmp_path, monkeypatch, fail_at):
+    """New weights with an old config can never load together: the record travels inside the weights file."""
+    import os
+
+    import minitspeft.io as io
+
+    old = get_peft_model(_vit(), LoraConfig(r=2, lora_alpha=4.0, target_modules=["q_proj"], init_lora_weights=False))
+    old.save_pretrained(str(tmp_path))
+    mt.manual_seed(7)
+    new = get_peft_model(_vit(), LoraConfig(r=2, lora_alpha=64.0, target_modules=["q_proj"],
+                                            init_lora_weights=False))
+    real = os.replace
+
+    def replace(src, dst):
+        if dst.endswith("adapter_model.npz" if fail_at == "weights" else "adapter_config.json"):
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        new.save_pretrained(str(tmp_path))
+    monkeypatch.undo()
+    want = old if fail_at == "weights" else new
+    if fail_at == "config":  # the readable copy is stale: loading says so and uses the weights' own record
+        with pytest.warns(RuntimeWarning, match="interrupted save"):
+            loaded = PeftModel.from_pretrained(_vit(), str(tmp_path))
+    else:
+        loaded = PeftModel.from_pretrained(_vit(), str(tmp_path))
+    assert loaded.peft_config.lora_alpha == want.peft_config.lora_alpha
+    x = _images()
+    np.testing.assert_array_equal(loaded(x).data, want.eval()(x).data)

@@ -1,5 +1,8 @@
 """fit: exact resume, checkpoints that never half-write, NaN stops; SGD and optimiser state."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 from toy import toy_images
@@ -209,3 +212,124 @@ def test_peft_model_gate_groups_carry_the_gate_warmup():
     groups = {g.get("name"): g for g in _model(gated=True).optimizer_groups(1e-2)}
     assert groups["tau"]["frozen_until"] == 3 and groups["tau"]["weight_decay"] == 0.0
     assert "frozen_until" not in groups[None]
+
+
+# ------------------------------------------------- resume refuses what changed
+
+
+def _gated(sparsity_weight=0.05, lora_alpha=16.0, tau_lr=0.01, temperature=0.1):
+    mt.manual_seed(0)
+    cfg = nn.TransformerConfig(n_layer=1, n_head=2, n_embd=16, n_classes=3, pooling="cls", dropout=0.1)
+    return get_peft_model(nn.ViT(cfg, patch_size=2, image_size=4),
+                          LoraConfig(r=2, lora_alpha=lora_alpha, target_modules=["q_proj", "fc1"],
+                                     modules_to_save=["head"]),
+                          gate=GateConfig(sparsity_weight=sparsity_weight, tau_lr=tau_lr, warmup_steps=3,
+                                          temperature=temperature))
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(model=lambda: _gated(sparsity_weight=5.0)), "gate_config.sparsity_weight"),
+    (dict(model=lambda: _gated(temperature=0.3)), "gate_config.temperature"),
+    (dict(model=lambda: _gated(lora_alpha=64.0)), "peft_config.lora_alpha"),
+    (dict(model=lambda: _gated(tau_lr=0.05)), "optimizer[1].initial_lr"),
+    (dict(data=lambda x, y: (x[::-1].copy(), y[::-1].copy())), "data.sha256"),
+    (dict(kw={"max_grad_norm": 1.0}), "loop.max_grad_norm"),
+])
+def test_resume_refuses_any_change_that_shapes_the_run_and_names_it(tmp_path, change, field):
+    x, y = toy_images()
+    fit(_gated(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    model = change.get("model", _gated)()
+    xx, yy = change.get("data", lambda a, b: (a, b))(x, y)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=re.escape(field)):
+        fit(model, xx, yy, **{**KW, **change.get("kw", {})}, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_a_model_of_another_shape_is_refused():
+    x, y = toy_images()
+    mt.manual_seed(0)
+    wide = nn.ViT(nn.TransformerConfig(n_layer=1, n_head=2, n_embd=32, n_classes=3, pooling="cls"),
+                  patch_size=2, image_size=4)
+    import minitspeft.train as train
+
+    fp_a = train.run_fingerprint(_model(), train.build_optimizer(_model(), 0.01), x, y, {})
+    fp_b = train.run_fingerprint(wide, train.build_optimizer(wide, 0.01), x, y, {})
+    from minitspeft.checkpoint import differences
+
+    assert any(d.startswith("model.config.n_embd") for d in differences(fp_a, fp_b))
+    assert any(d.startswith("parameters") for d in differences(fp_a, fp_b))
+
+
+def _rewrite_record(tmp_path, change):
+    from minitspeft.io import load_arrays, save_arrays
+
+    arrays, meta = load_arrays(str(tmp_path / CHECKPOINT))
+    change(meta)
+    save_arrays(str(tmp_path / CHECKPOINT), arrays, meta)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m.update(step="12"), "step"), (lambda m: m.update(step=99), r"not in \[1, steps=12\]"),
+    (lambda m: m.update(history=m["history"][:3]), "history"), (lambda m: m.pop("rng"), "'rng'"),
+    (lambda m: m["rng"].update(bit_generator="MT19937"), "does not fit"),
+    (lambda m: m["optim"].pop("step_count"), "does not fit"),
+])
+def test_a_checkpoint_with_a_bad_record_is_refused_and_changes_nothing(tmp_path, change, needle):
+    x, y = toy_images()
+    fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    _rewrite_record(tmp_path, change)
+    model = _model()
+    before = model.state_dict()
+    rng_before = mt.backend.get_rng_state()
+    with pytest.raises(ValueError, match=needle):
+        fit(model, x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_checkpoint_and_resume_is_exact(tmp_path, monkeypatch):
+    """The step-8 checkpoint write dies before its rename: the step-4 checkpoint is still whole, and a resume
+    from it ends where the uninterrupted run ends."""
+    import minitspeft.io as io
+
+    x, y = toy_images()
+    full = fit(_model(), x, y, **KW)
+    real_replace, calls = os.replace, {"n": 0}
+
+    def replace(src, dst):
+        if dst.endswith(CHECKPOINT):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt  # the second checkpoint (after step 8) never lands
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path), checkpoint_every=4)
+    monkeypatch.undo()
+    resumed = _model()
+    out = fit(resumed, x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
+    assert len(out.history) == 12 and out.history[4]["step"] == 4
+    assert [h["loss"] for h in out.history] == [h["loss"] for h in full.history]
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"max_grad_norm": 0.0}, "max_grad_norm"), ({"max_grad_norm": -1.0}, "max_grad_norm"),
+    ({"warmup_steps": -1}, "warmup_steps"), ({"checkpoint_every": 5}, "checkpoint_dir"),
+    ({"batch_size": 8.0}, "batch_size"), ({"lr": float("nan")}, "lr"), ({"steps": True}, "steps"),
+    ({"seed": -1}, "seed"),
+])
+def test_fit_refuses_settings_that_would_be_ignored_or_fail_later(kw, needle):
+    x, y = toy_images()
+    with pytest.raises(ValueError, match=needle):
+        fit(_model(), x, y, **{**KW, **kw})
+
+
+def test_fit_refuses_float_labels_and_mismatched_shapes():
+    x, y = toy_images()
+    with pytest.raises(ValueError, match="integer class labels"):
+        fit(_model(), x, y.astype(float), **KW)
+    with pytest.raises(ValueError, match="same number"):
+        fit(_model(), x, y[:-1], **KW)

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 
 from .. import backend
-from ..io import load_arrays, save_json, save_npz
 from ..nn.module import Module
 from ..tensor import Tensor
 from .base import ModulesToSaveWrapper, PeftLayer
 from .config import AdapterConfig, GateConfig, LoraConfig
 from .injection import inject_adapter_in_model
+from .saving import load_adapter, save_adapter
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.npz"
-FORMAT_VERSION = 1
 _ADAPTER_PARTS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector", ".gate.tau", ".gate.router_",
                   ".adapter_down.", ".adapter_up.", ".modules_to_save.")
 
@@ -258,19 +253,15 @@ class PeftModel(Module):
 
     # ------------------------------------------------------ save and load
     def save_pretrained(self, directory: str) -> None:
-        """Write ``adapter_model.npz`` (:meth:`adapter_state_dict`, no pickle) and ``adapter_config.json``
-        (the method, every config field, the gate config) into ``directory``, each atomically.
+        """Write the adapter into ``directory`` as one unit: ``adapter_model.npz`` holds
+        :meth:`adapter_state_dict` (no pickle) and the record of how to rebuild it (the method, every
+        config field, the gate config); ``adapter_config.json`` is a readable copy of that record.
 
         Raises:
-            OSError: if ``directory`` cannot be created or written.
+            ValueError: if the model holds no adapters any more (after ``merge_and_unload`` or ``unload``).
+            OSError: if ``directory`` cannot be created or written (a previous save there stays whole).
         """
-        os.makedirs(directory, exist_ok=True)
-        save_npz(os.path.join(directory, WEIGHTS_NAME), self.adapter_state_dict())
-        save_json(os.path.join(directory, CONFIG_NAME), {
-            "format_version": FORMAT_VERSION, "method": self.method,
-            "base_model_class": type(self.base_model).__name__,
-            "peft_type": type(self.peft_config).__name__, "config": self.peft_config.to_dict(),
-            "gate": None if self.gate_config is None else self.gate_config.to_dict()})
+        save_adapter(self, directory)
 
     @classmethod
     def from_pretrained(cls, base_model: Module, directory: str, is_trainable: bool = False) -> "PeftModel":
@@ -283,57 +274,9 @@ class PeftModel(Module):
                 and the model put in evaluation mode (for inference).
 
         Raises:
-            FileNotFoundError: if a file is missing.
+            FileNotFoundError: if ``adapter_model.npz`` is missing.
             ValueError: for an unknown method or config field, a damaged file,
-                or weights whose names or shapes do not fit the model (all
+                or weights whose names, shapes or dtypes do not fit the model (all
                 listed). ``base_model`` is left unchanged when it is raised.
         """
-        with open(os.path.join(directory, CONFIG_NAME)) as fh:
-            try:
-                meta = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"from_pretrained: {CONFIG_NAME} is not valid JSON: {exc}") from None
-        config, gate = _configs_from(meta)
-        saved_class = meta.get("base_model_class")
-        if saved_class is not None and saved_class != type(base_model).__name__:
-            raise ValueError(f"from_pretrained: the adapter was trained on a {saved_class}, "
-                             f"not a {type(base_model).__name__}")
-        arrays, _ = load_arrays(os.path.join(directory, WEIGHTS_NAME))
-        model = cls(base_model, config, gate)
-        expected = model.adapter_state_dict()
-        missing = sorted(set(expected) - set(arrays))
-        unexpected = sorted(set(arrays) - set(expected))
-        wrong = [f"{k}: expected {expected[k].shape}, got {arrays[k].shape}"
-                 for k in expected if k in arrays and arrays[k].shape != expected[k].shape]
-        if missing or unexpected or wrong:
-            model.unload()
-            raise ValueError(f"from_pretrained: the saved adapter does not fit this model: missing {missing}, "
-                             f"unexpected {unexpected}, wrong shapes {wrong}")
-        params = dict(model.base_model.named_parameters())
-        for k, v in arrays.items():
-            params[k].data = backend.asarray(v, dtype=params[k].dtype).copy()
-        if not is_trainable:
-            model.requires_grad_(False)
-            model.eval()
-        return model
-
-
-def _configs_from(meta: dict) -> tuple:
-    """Rebuild ``(config, gate)`` from a saved ``adapter_config.json``, refusing anything unknown."""
-    kinds = {"LoraConfig": LoraConfig, "AdapterConfig": AdapterConfig}
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"from_pretrained: unsupported adapter format {meta.get('format_version')!r}"
-                         if isinstance(meta, dict) else "from_pretrained: the config is not a JSON object")
-    kind = kinds.get(meta.get("peft_type"))
-    if kind is None:
-        raise ValueError(f"from_pretrained: unknown peft_type {meta.get('peft_type')!r}; known: {sorted(kinds)}")
-    try:
-        config = kind.from_dict(meta["config"])
-        gate = None if meta.get("gate") is None else GateConfig.from_dict(meta["gate"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"from_pretrained: the saved config has unknown or missing fields or bad values: "
-                         f"{exc}") from None
-    expected = ("ts-" if gate is not None else "") + config.method
-    if meta.get("method") != expected:
-        raise ValueError(f"from_pretrained: method {meta.get('method')!r} does not match its config ({expected!r})")
-    return config, gate
+        return load_adapter(cls, base_model, directory, is_trainable)
