@@ -11,6 +11,7 @@ selects the backend at import time; the default is NumPy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy
@@ -84,6 +85,12 @@ def scatter_add(target, index, values) -> None:
         cupyx.scatter_add(target, index, values)
     else:
         numpy.add.at(target, index, values)
+
+
+def quiet_overflow():
+    """A context manager that silences the array library's overflow warnings, for code that detects
+    overflowed values itself and recomputes them (NumPy warns; CuPy never does)."""
+    return numpy.errstate(over="ignore", invalid="ignore") if xp is numpy else contextlib.nullcontext()
 
 
 def get_default_dtype() -> numpy.dtype:

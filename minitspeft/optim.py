@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from . import backend
-from .checks import check_int
+from .checks import check, check_int, check_number, is_number
 from .nn.module import Parameter
 
 
@@ -56,9 +56,16 @@ class Optimizer:
                 seen.add(id(p))
             group.setdefault("initial_lr", group["lr"])
             check_int(type(self).__name__, "frozen_until", group.setdefault("frozen_until", 0), 0)
+            self._check_group(group)
             self.param_groups.append(group)
         self.state: dict = {}
         self.step_count = 0
+
+    def _check_group(self, group: dict) -> None:
+        """Check a group's settings (subclasses add their own); raise ``ValueError`` naming the bad one."""
+        n = type(self).__name__
+        check_number(n, "lr", group["lr"], 0)
+        check_number(n, "weight_decay", group["weight_decay"], 0)
 
     def lr_of(self, group: dict) -> float:
         """The learning rate of ``group`` for the step about to be taken: 0 while the group is frozen."""
@@ -120,6 +127,14 @@ class Optimizer:
         self.state = state
         self.step_count = meta["step_count"]
 
+    def _check_bounded_grads(self) -> None:
+        """Refuse a NaN or infinite gradient on a bounded parameter (a gate threshold) before anything
+        moves: the projection ``max(tau, 0)`` would keep a NaN forever."""
+        for i, p in enumerate(self.parameters()):
+            if p.lower_bound is not None and p.grad is not None and not bool(backend.xp.isfinite(p.grad).all()):
+                raise FloatingPointError(f"{type(self).__name__}.step: parameter {i} (shape {p.shape}, lower bound "
+                                         f"{p.lower_bound}) has a non-finite gradient; nothing was updated")
+
     def _project(self, p: Parameter) -> None:
         if p.lower_bound is not None:
             p.data = backend.xp.maximum(p.data, p.dtype.type(p.lower_bound))
@@ -142,16 +157,20 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        if lr < 0 or momentum < 0 or weight_decay < 0 or dampening < 0:
-            raise ValueError(f"SGD: invalid settings lr={lr}, momentum={momentum}, dampening={dampening}, "
-                             f"weight_decay={weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov))
 
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        for name in ("momentum", "dampening"):
+            check_number("SGD", name, group[name], 0)
+        check(isinstance(group["nesterov"], bool), "SGD", "nesterov", group["nesterov"], "a bool")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
+
     def step(self) -> None:
         """Update every parameter that has a gradient, then apply lower bounds."""
+        self._check_bounded_grads()
         for group in self.param_groups:
             lr, mu, damp, wd = self.lr_of(group), group["momentum"], group["dampening"], group["weight_decay"]
             for p in group["params"]:
@@ -192,12 +211,19 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"AdamW: invalid settings lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        betas = group["betas"]
+        ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)
+        check(ok, "AdamW", "betas", betas, "a pair (b1, b2), each in [0, 1)")
+        group["betas"] = tuple(betas)
+        check_number("AdamW", "eps", group["eps"], 0)
 
     def step(self) -> None:
         """Update every parameter that has a gradient, then apply lower bounds."""
+        self._check_bounded_grads()
         xp = backend.xp
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = self.lr_of(group), group["betas"], group["eps"], group["weight_decay"]

@@ -108,8 +108,32 @@ def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Te
     return Tensor.from_op(out, (x,), backward, "var")
 
 
+def stable_norm(a, axes) -> object:
+    """``sqrt(sum(a * a))`` over ``axes`` (kept, size 1), right at any magnitude: a backend array.
+
+    Where the squares overflow (``|a|`` past ``sqrt(max)``, about 1.8e19 in
+    float32) or underflow (past ``sqrt(tiny)``, about 1e-19), that slice is
+    recomputed as ``s * sqrt(sum((a / s)^2))`` with ``s = max |a|`` (the
+    classic rescaling, as in LAPACK's ``nrm2``). Elsewhere the plain formula
+    is used, so ordinary values get exactly the plain result. The result is
+    infinite only where the true norm does not fit the dtype.
+    """
+    xp = backend.xp
+    with backend.quiet_overflow():
+        n = xp.sqrt((a * a).sum(axis=axes, keepdims=True))
+    suspect = ~xp.isfinite(n) | (n < xp.sqrt(xp.finfo(a.dtype).tiny))
+    if bool(suspect.any()):
+        s = xp.abs(a).max(axis=axes, keepdims=True)
+        risky = suspect & (s > 0) & xp.isfinite(s)
+        if bool(risky.any()):
+            safe = xp.where(risky, s, 1)
+            scaled = a / safe
+            n = xp.where(risky, s * xp.sqrt((scaled * scaled).sum(axis=axes, keepdims=True)), n)
+    return n
+
+
 def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
-    """Euclidean (L2) norm over ``axis``.
+    """Euclidean (L2) norm over ``axis``, right at any magnitude (:func:`stable_norm`).
 
     d/dx = x / ||x||, and 0 where ``||x|| = 0``: the minimum-norm subgradient,
     so a zero vector (a LoRA update at initialisation, B = 0) gives a finite
@@ -117,7 +141,7 @@ def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """
     axes = normalize_axes("norm", axis, x.ndim)
     xp = backend.xp
-    n = xp.sqrt((x.data * x.data).sum(axis=axes, keepdims=True))
+    n = stable_norm(x.data, axes)
 
     def backward(g):
         safe = xp.where(n > 0, n, 1)

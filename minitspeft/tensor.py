@@ -12,6 +12,10 @@ Semantics (they follow PyTorch):
 - Graphs are not freed by ``backward()``: calling it a second time through
   the same graph is allowed and adds the same gradients again (PyTorch's
   ``retain_graph=True``).
+- Assigning an input's ``.data`` (``a.data = ...`` or ``a.data += 1``)
+  after an op used it makes ``backward()`` through that op raise, naming
+  the op (PyTorch refuses the same with its version counter). Writing into
+  the array through an index (``a.data[0] = 5``) is not seen: don't.
 - ``backward()`` on a tensor with more than one element needs an explicit
   upstream ``gradient`` of the same shape.
 - The traversal is iterative, so a chain of 100,000 ops needs no recursion.
@@ -82,7 +86,8 @@ class Tensor:
                 arr = arr.astype(backend.get_default_dtype())
         else:
             arr = xp.asarray(data, dtype=dtype)
-        self.data = arr
+        self._data = arr
+        self._version = 0  # counts assignments to .data (backward() refuses inputs changed after use)
         self.grad = None
         self.op = ""
         self._parents: tuple = ()
@@ -113,7 +118,8 @@ class Tensor:
             recording is on (:func:`~minitspeft.grad_mode.is_grad_enabled`) and some parent requires gradients.
         """
         out = cls.__new__(cls)
-        out.data = data
+        out._data = data
+        out._version = 0
         out.grad = None
         out.op = name
         out._retain = False
@@ -121,7 +127,19 @@ class Tensor:
         out.requires_grad = needs
         out._parents = tuple(parents) if needs else ()
         out._backward = backward if needs else None
+        out._inputs_version = tuple(p._version for p in parents) if needs else ()  # to refuse a changed .data
         return out
+
+    @property
+    def data(self):
+        """The backend array. Assigning to it (``t.data = ...`` or ``t.data += ...``) counts as a change:
+        ``backward()`` through an op that used the old value raises."""
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        self._data = value
+        self._version += 1
 
     @property
     def is_leaf(self) -> bool:
@@ -165,7 +183,8 @@ class Tensor:
             RuntimeError: if this tensor does not require gradients, if
                 ``gradient`` is omitted for a tensor of several elements, or if
                 an op's backward rule returns the wrong number or shape of
-                gradients (naming the op).
+                gradients, or an input's ``.data`` was replaced after an op used it
+                (naming the op).
             ValueError: if ``gradient`` has the wrong shape.
         """
         grads = {id(self): self._seed_gradient(gradient)}
@@ -199,6 +218,11 @@ class Tensor:
 
     def _parent_grads(self, g):
         """Yield ``(parent, gradient)`` from this node's backward rule, for parents that need one."""
+        for i, (parent, used) in enumerate(zip(self._parents, self._inputs_version)):
+            if parent._version != used:
+                raise RuntimeError(f"backward of {self.op!r}: input {i} (shape {parent.shape}) had its .data "
+                                   "replaced after the op used it, so its gradient would be wrong; run the "
+                                   "forward again after changing .data")
         parent_grads = self._backward(g)
         if len(parent_grads) != len(self._parents):
             raise RuntimeError(f"backward of {self.op!r}: the rule returned {len(parent_grads)} gradients "

@@ -54,6 +54,7 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 _GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_FLAT = 100.0  # tanh(k (x + 0.044715 x^3)) rounds to exactly +-1 well before |x| = 100
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -61,16 +62,21 @@ def gelu(x: Tensor) -> Tensor:
     ``0.5 x (1 + tanh(k (x + 0.044715 x^3)))``, ``k = sqrt(2/pi)``.
 
     Backward (derived here), with ``t`` the tanh:
-    ``0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)``.
+    ``0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2)``; finite for every finite ``x``
+    (1 for large positive ``x``, 0 for large negative).
     """
     xp = backend.xp
     d = x.data
-    x2 = d * d
-    t = xp.tanh(_GELU_K * (d + 0.044715 * x2 * d))
+    with backend.quiet_overflow():  # x^3 overflows past ~7e12 in float32; tanh(+-inf) is the right limit
+        x2 = d * d
+        t = xp.tanh(_GELU_K * (d + 0.044715 * x2 * d))
     out = 0.5 * d * (1 + t)
 
     def backward(g):
-        local = 0.5 * (1 + t) + 0.5 * d * (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * x2)
+        # past |x| = 100, t is exactly +-1 and the second term exactly 0: clipping x there keeps
+        # inf * 0 (x^2 overflows past ~1.8e19 in float32) out of it and changes nothing below
+        dc = xp.clip(d, -_GELU_FLAT, _GELU_FLAT)
+        local = 0.5 * (1 + t) + 0.5 * dc * (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * (dc * dc))
         return (g * local,)
 
     return Tensor.from_op(out, (x,), backward, "gelu")

@@ -9,11 +9,40 @@ from ..tensor import Tensor
 __all__ = ["layer_norm", "linear", "dropout", "embedding"]
 
 
+def _normalise(x, eps: float) -> tuple:
+    """``(xhat, 1 / sqrt(var + eps))`` over the last axis, right at any magnitude.
+
+    Where the mean or the squares overflow (``|x|`` past about 1.8e19 in
+    float32), that row is computed from ``x / s`` with ``s = max |x|``:
+    ``xhat = c / sqrt(var(c) + eps / s^2)`` with ``c = x / s - mean(x / s)``,
+    the same value, since layer normalisation is scale-invariant up to ``eps``.
+    Other rows get exactly the plain formula.
+    """
+    xp = backend.xp
+    with backend.quiet_overflow():
+        mu = x.mean(axis=-1, keepdims=True)
+        centred = x - mu
+        var = (centred * centred).mean(axis=-1, keepdims=True)
+    inv_std = 1 / xp.sqrt(var + xp.asarray(eps, dtype=x.dtype))
+    xhat = centred * inv_std
+    risky = ~xp.isfinite(var)
+    if bool(risky.any()):
+        with backend.quiet_overflow():
+            s = xp.where(risky, xp.abs(x).max(axis=-1, keepdims=True), 1)
+            c = x / s - (x / s).mean(axis=-1, keepdims=True)
+            root = xp.sqrt((c * c).mean(axis=-1, keepdims=True) + xp.asarray(eps, dtype=x.dtype) / (s * s))
+            xhat = xp.where(risky, c / root, xhat)
+            inv_std = xp.where(risky, 1 / (s * root), inv_std)
+    return xhat, inv_std
+
+
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Layer normalisation over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
     Args:
         x: ``(..., C)``; weight, bias: ``(C,)`` or None.
+
+    Right for inputs of any finite magnitude (rows past the squares' range are rescaled first).
 
     Backward (derived here), with ``xhat`` the normalised input,
     ``s = sqrt(var + eps)`` and ``gh = g * weight``:
@@ -25,11 +54,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and p.shape != (C,):
             raise ValueError(f"layer_norm: {name} shape {p.shape} does not match normalized size {C} of x {x.shape}")
-    mu = x.data.mean(axis=-1, keepdims=True)
-    centred = x.data - mu
-    var = (centred * centred).mean(axis=-1, keepdims=True)
-    inv_std = 1 / xp.sqrt(var + xp.asarray(eps, dtype=x.dtype))
-    xhat = centred * inv_std
+    xhat, inv_std = _normalise(x.data, eps)
     out = xhat
     if weight is not None:
         out = out * weight.data

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..nn.module import Module, Parameter
+from ..reductions import stable_norm
 from ..tensor import Tensor
 from .config import GateConfig
 from .selection import router_score, sequence_ratio, top_k_step
@@ -34,12 +35,23 @@ from .surrogates import surrogate_grad, surrogate_step
 
 
 def _ratio(b, d, eps: float) -> tuple:
-    """Arrays ``(||b||, ||d||, ||b|| + eps, r)`` over the last axis."""
-    xp = backend.xp
-    nb = xp.sqrt((b * b).sum(axis=-1))  # (...)
-    nd = xp.sqrt((d * d).sum(axis=-1))
+    """Arrays ``(||b||, ||d||, ||b|| + eps, r)`` over the last axis; the norms are right at any magnitude
+    (:func:`~minitspeft.reductions.stable_norm`)."""
+    nb = stable_norm(b, -1)[..., 0]  # (...)
+    nd = stable_norm(d, -1)[..., 0]
     denom = nb + b.dtype.type(eps)
     return nb, nd, denom, nd / denom
+
+
+def _ratio_grad_b(k, nd, denom, r):
+    """``-k ||d|| / (||b|| + eps)^2``, the factor of ``b / ||b||`` in ``k dr/db``, without overflowing
+    where ``(||b|| + eps)^2`` does not fit the dtype (there it is ``-k r / (||b|| + eps)``)."""
+    xp = backend.xp
+    with backend.quiet_overflow():
+        square = denom * denom
+        coef = -k * nd / square
+    big = ~xp.isfinite(square)
+    return xp.where(big, -k * r / xp.where(big, denom, 1), coef) if bool(big.any()) else coef
 
 
 def _unit(v, n):
@@ -75,7 +87,7 @@ def token_ratio(b: Tensor, d: Tensor, eps: float) -> Tensor:
 
     def backward(g):
         gd = _unit(d.data, nd) * (g / denom)[..., None] if d.requires_grad else None
-        gb = _unit(b.data, nb) * (-g * nd / (denom * denom))[..., None] if b.requires_grad else None
+        gb = _unit(b.data, nb) * _ratio_grad_b(g, nd, denom, r)[..., None] if b.requires_grad else None
         return gb, gd
 
     return Tensor.from_op(r, (b, d), backward, "token_ratio")
@@ -121,7 +133,7 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
         if grad_through_ratio and d.requires_grad:
             gd = _unit(d.data, nd) * (k / denom)[..., None]
         if grad_through_ratio and b.requires_grad:
-            gb = _unit(b.data, nb) * (-k * nd / (denom * denom))[..., None]
+            gb = _unit(b.data, nb) * _ratio_grad_b(k, nd, denom, r)[..., None]
         if tau.requires_grad:
             gt = (-k.sum()).reshape(tau.shape).astype(tau.dtype)
         return gb, gd, gt
@@ -190,6 +202,22 @@ def reference_gate(b: Tensor, d: Tensor, score: Tensor, tau, surrogate: str = "s
     return b + S.reshape(S.shape + (1,)) * d, S
 
 
+def check_gate_dtype(op: str, config: GateConfig, dtype) -> None:
+    """Refuse a ``temperature`` or ``eps`` below the smallest normal number of ``dtype``: it would round to
+    0 (or lose its precision) there and make ``phi'`` or ``r`` NaN.
+
+    Raises:
+        ValueError: naming ``op``, the setting, its value and the dtype.
+    """
+    xp = backend.xp
+    tiny = float(xp.finfo(dtype).tiny)
+    for name in ("temperature", "eps"):
+        value = getattr(config, name)
+        if value < tiny:
+            raise ValueError(f"{op}: {name}={value!r} is below the smallest normal {xp.dtype(dtype).name} "
+                             f"({tiny:.3g}), so it is useless in this layer's dtype; use a larger value")
+
+
 STUCK_PEAK = 1e-4  # below this share of phi'(0) at every token, the threshold gets no usable gradient
 
 
@@ -221,6 +249,10 @@ class TokenGate(Module):
         channels: ``C``, the width of ``b`` and ``d`` (needed by the router).
         positions: the longest sequence, for the router's per-position offsets (None: none).
 
+    Raises:
+        ValueError: for a ``temperature`` or ``eps`` too small to be represented in ``dtype``, or
+            ``score="router"`` without ``channels``.
+
     Attributes:
         tau: the threshold Parameter ``()``, kept ``>= 0``; None with a ``keep_ratio``.
         router_weight: ``(C,)`` Parameter for ``score="router"``, else absent;
@@ -234,6 +266,7 @@ class TokenGate(Module):
         self.config = config
         dtype = dtype or backend.get_default_dtype()
         xp = backend.xp
+        check_gate_dtype("TokenGate", config, dtype)
         self.tau = None if config.keep_ratio is not None else \
             Parameter(xp.asarray(config.tau_init, dtype=dtype), lower_bound=0.0)
         if config.score == "router":

@@ -17,6 +17,7 @@ from ..nn.transformer import Block
 from .adapter import AdapterLayer
 from .base import ModulesToSaveWrapper, PeftLayer
 from .config import AdapterConfig, GateConfig, LoraConfig
+from .gate import check_gate_dtype
 from .lora import LoraLinear
 
 __all__ = ["Injection", "inject_adapter_in_model"]
@@ -98,6 +99,9 @@ def _check_request(model: Module, config, gate) -> tuple:
         targets = _lora_targets(modules, config)
     else:
         targets = _adapter_targets(modules, config)
+    if gate is not None:
+        for dtype in {p.dtype for name in targets for p in modules[name].parameters()}:
+            check_gate_dtype("get_peft_model", gate, dtype)
     saved = _saved_modules(modules, config.modules_to_save)
     overlap = [n for n in saved if any(t == n or t.startswith(n + ".") for t in targets)]
     if overlap:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from ..reductions import stable_norm
 from ..tensor import Tensor
 from .surrogates import surrogate_grad
 
@@ -72,7 +73,7 @@ def router_score(b: Tensor, weight: Tensor, eps: float, position_bias: Tensor | 
         raise ValueError(f"router_score: weight has shape {weight.shape}, expected ({b.shape[-1]},) for b {b.shape}")
     xp = backend.xp
     bd = b.data
-    u = bd / (xp.sqrt((bd * bd).sum(axis=-1, keepdims=True)) + bd.dtype.type(eps))  # (..., T, C) unit rows
+    u = bd / (stable_norm(bd, -1) + bd.dtype.type(eps))  # (..., T, C) unit rows
     s = Tensor(u) @ weight + 1.0  # (..., T)
     if position_bias is None or b.ndim < 3:
         return s
