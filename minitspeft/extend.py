@@ -19,10 +19,41 @@ elementwise ops of one input.
 
 from __future__ import annotations
 
+import functools
+
 from . import backend
 from .tensor import Tensor
 
-__all__ = ["Tensor", "unbroadcast", "as_tensor", "as_pair", "broadcast_shape", "binary_op", "unary_op"]
+__all__ = ["Tensor", "unbroadcast", "as_tensor", "as_pair", "broadcast_shape", "binary_op", "unary_op",
+           "tensor_input", "require_tensor"]
+
+
+def require_tensor(op: str, name: str, value) -> None:
+    """Raise ``TypeError`` naming ``op`` and ``name`` unless ``value`` is a Tensor.
+
+    (A NumPy array passed where a Tensor belongs would be read through its
+    ``.data``, a ``memoryview``, and fail somewhere deeper with an unclear error.)
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(value).__name__}; "
+                        "wrap arrays with minitspeft.Tensor(...)")
+
+
+def tensor_input(fn):
+    """Decorator for an op whose first argument must be a Tensor (see :func:`require_tensor`).
+
+    The undecorated function stays available as ``fn.__wrapped__``; the
+    method tables attach that one, since a method's ``self`` is always a Tensor.
+    """
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def checked(x, *args, **kwargs):
+        if not isinstance(x, Tensor):
+            require_tensor(name, "x", x)
+        return fn(x, *args, **kwargs)
+
+    return checked
 
 
 def unbroadcast(grad, shape: tuple):

@@ -19,7 +19,7 @@ attaches the operators and methods to :class:`~minitspeft.tensor.Tensor`.
 from __future__ import annotations
 
 from . import backend
-from .extend import as_pair, as_tensor, binary_op, unary_op, unbroadcast
+from .extend import as_pair, as_tensor, binary_op, tensor_input, unary_op, unbroadcast
 from .shape_ops import broadcast_to, concat, getitem, reshape, stack, swapaxes, transpose, where
 from .tensor import Tensor, attach_methods
 
@@ -96,29 +96,34 @@ def neg(x) -> Tensor:
     return Tensor.from_op(-x.data, (x,), lambda g: (-g,), "neg")
 
 
+@tensor_input
 def exp(x: Tensor) -> Tensor:
     """``exp(x)``. d/dx = exp(x)."""
     out = backend.xp.exp(x.data)
     return unary_op("exp", x, out, lambda: out)
 
 
+@tensor_input
 def log(x: Tensor) -> Tensor:
     """Natural log. d/dx = 1/x."""
     return unary_op("log", x, backend.xp.log(x.data), lambda: 1 / x.data)
 
 
+@tensor_input
 def sqrt(x: Tensor) -> Tensor:
     """Square root. d/dx = 1/(2 sqrt(x)); infinite at 0, as in PyTorch."""
     out = backend.xp.sqrt(x.data)
     return unary_op("sqrt", x, out, lambda: 0.5 / out)
 
 
+@tensor_input
 def tanh(x: Tensor) -> Tensor:
     """``tanh(x)``. d/dx = 1 - tanh(x)^2."""
     out = backend.xp.tanh(x.data)
     return unary_op("tanh", x, out, lambda: 1 - out * out)
 
 
+@tensor_input
 def sigmoid(x: Tensor) -> Tensor:
     """Logistic sigmoid, computed without overflow. d/dx = s (1 - s)."""
     xp = backend.xp
@@ -127,17 +132,20 @@ def sigmoid(x: Tensor) -> Tensor:
     return unary_op("sigmoid", x, out, lambda: out * (1 - out))
 
 
+@tensor_input
 def relu(x: Tensor) -> Tensor:
     """``max(x, 0)``. d/dx = 1[x > 0] (0 at 0, as in PyTorch)."""
     return unary_op("relu", x, backend.xp.maximum(x.data, 0), lambda: (x.data > 0).astype(x.dtype))
 
 
+@tensor_input
 def abs(x: Tensor) -> Tensor:  # noqa: A001
     """``|x|``. d/dx = sign(x) (0 at 0)."""
     xp = backend.xp
     return unary_op("abs", x, xp.abs(x.data), lambda: xp.sign(x.data))
 
 
+@tensor_input
 def clip(x: Tensor, lo=None, hi=None) -> Tensor:
     """Clamp into ``[lo, hi]``. d/dx = 1 strictly inside, 0 where clamped."""
     out = backend.xp.clip(x.data, lo, hi)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import builtins  # this module's sum, max and min shadow the built-ins
 
 from . import backend
+from .checks import is_int
 from . import ops
+from .extend import tensor_input
 from .tensor import Tensor, attach_methods
 
 
@@ -20,10 +22,13 @@ def normalize_axes(op: str, axis, ndim: int) -> tuple:
 
     Raises:
         ValueError: naming ``op`` for an axis outside ``[-ndim, ndim)`` or a repeated axis.
+        TypeError: for an axis that is not an integer (a bool, a float, ...).
     """
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = (axis,) if is_int(axis) else tuple(axis) if isinstance(axis, (tuple, list)) else None
+    if axes is None or not all(is_int(ax) for ax in axes):
+        raise TypeError(f"{op}: axis must be None, an integer or a tuple of integers, got {axis!r}")
     for ax in axes:
         if not -ndim <= ax < builtins.max(ndim, 1):
             raise ValueError(f"{op}: axis {ax} is out of range for a tensor with {ndim} dimensions")
@@ -44,6 +49,7 @@ def _count(shape, axes) -> int:
     return n
 
 
+@tensor_input
 def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Sum over ``axis``. d/dx = 1, broadcast back over the reduced axes."""
     axes = normalize_axes("sum", axis, x.ndim)
@@ -55,12 +61,14 @@ def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     return Tensor.from_op(out, (x,), backward, "sum")
 
 
+@tensor_input
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis``: ``sum / count`` (the count never promotes a float32 tensor)."""
     axes = normalize_axes("mean", axis, x.ndim)
     return ops.mul(sum(x, axes, keepdims), 1.0 / builtins.max(_count(x.shape, axes), 1))
 
 
+@tensor_input
 def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Maximum over ``axis``; the gradient is shared evenly among tied maxima (as ``torch.amax``).
 
@@ -80,11 +88,13 @@ def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     return Tensor.from_op(out, (x,), backward, "max")
 
 
+@tensor_input
 def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Minimum over ``axis``: ``-max(-x)``."""
     return ops.neg(max(ops.neg(x), axis, keepdims))
 
 
+@tensor_input
 def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Tensor:
     """Variance over ``axis``: ``sum((x - mean)^2) / (count - correction)``.
 
@@ -132,6 +142,7 @@ def stable_norm(a, axes) -> object:
     return n
 
 
+@tensor_input
 def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Euclidean (L2) norm over ``axis``, right at any magnitude (:func:`stable_norm`).
 

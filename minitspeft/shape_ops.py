@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 
 from . import backend
-from .extend import as_tensor, binary_op, unbroadcast
+from .checks import is_int
+from .extend import as_tensor, binary_op, tensor_input, unbroadcast
 from .tensor import Tensor, attach_methods
 
 __all__ = ["reshape", "transpose", "swapaxes", "broadcast_to", "getitem", "concat", "stack", "where"]
 
 
+@tensor_input
 def reshape(x: Tensor, shape) -> Tensor:
     """Reshape; the gradient is reshaped back.
 
@@ -31,26 +33,43 @@ def reshape(x: Tensor, shape) -> Tensor:
     return Tensor.from_op(out, (x,), lambda g: (g.reshape(x.shape),), "reshape")
 
 
+@tensor_input
 def transpose(x: Tensor, axes=None) -> Tensor:
     """Permute axes (reverse them when ``axes`` is None); the gradient uses the inverse permutation.
 
     Raises:
-        ValueError: if ``axes`` is not a permutation of the tensor's axes.
+        ValueError: if ``axes`` is not a permutation of the tensor's axes (each in ``[-ndim, ndim)``).
     """
-    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
+    if axes is None:
+        axes = tuple(reversed(range(x.ndim)))
+    else:
+        given = tuple(axes)
+        if not all(is_int(a) and -x.ndim <= a < x.ndim for a in given):
+            raise ValueError(f"transpose: axes {given} are not all integers in [-{x.ndim}, {x.ndim}) "
+                             f"for shape {x.shape}")
+        axes = tuple(a % x.ndim for a in given)
     if sorted(axes) != list(range(x.ndim)):
         raise ValueError(f"transpose: axes {axes} are not a permutation for shape {x.shape}")
     inverse = tuple(axes.index(i) for i in range(x.ndim))
     return Tensor.from_op(x.data.transpose(axes), (x,), lambda g: (g.transpose(inverse),), "transpose")
 
 
+@tensor_input
 def swapaxes(x: Tensor, axis1: int, axis2: int) -> Tensor:
-    """Swap two axes (its own inverse)."""
+    """Swap two axes (its own inverse).
+
+    Raises:
+        ValueError: for an axis that is not an integer in ``[-ndim, ndim)``.
+    """
+    for a in (axis1, axis2):
+        if not (is_int(a) and -x.ndim <= a < x.ndim):
+            raise ValueError(f"swapaxes: axis {a!r} is out of range for shape {x.shape}")
     axes = list(range(x.ndim))
     axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
     return transpose(x, axes)
 
 
+@tensor_input
 def broadcast_to(x: Tensor, shape) -> Tensor:
     """Broadcast to ``shape``; the gradient is summed back with :func:`~minitspeft.extend.unbroadcast`.
 
@@ -64,6 +83,7 @@ def broadcast_to(x: Tensor, shape) -> Tensor:
     return Tensor.from_op(out, (x,), lambda g: (unbroadcast(g, x.shape),), "broadcast_to")
 
 
+@tensor_input
 def getitem(x: Tensor, index) -> Tensor:
     """``x[index]`` for ints, slices, integer arrays and boolean masks.
 

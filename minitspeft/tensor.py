@@ -304,7 +304,7 @@ def attach_methods(methods: dict) -> None:
     if clash:
         raise RuntimeError(f"attach_methods: Tensor already defines {clash}")
     for name, fn in methods.items():
-        setattr(Tensor, name, fn)
+        setattr(Tensor, name, getattr(fn, "__wrapped__", fn))  # a method's self is a Tensor: skip that check
 
 
 def _raw(x):

@@ -213,15 +213,32 @@ def _checkpoint_due(done: int, steps: int, every: int) -> bool:
 
 @no_grad()
 def predict(model: Module, x, batch_size: int = 256) -> np.ndarray:
-    """Class predictions ``(N,)`` (int64, on the host) in evaluation mode; restores the previous mode."""
+    """Class predictions ``(N,)`` (or ``(N, T)`` for per-token logits), int64 on the host, in evaluation
+    mode; restores the previous mode. Zero examples give an empty array.
+
+    Raises:
+        ValueError: for a ``batch_size`` that is not an integer >= 1.
+    """
+    check_int("predict", "batch_size", batch_size)
     with model.eval_mode():
         preds = [backend.to_numpy(model(x[i:i + batch_size]).data.argmax(axis=-1))
                  for i in range(0, len(x), batch_size)]
-    return np.concatenate(preds).astype(np.int64)
+    return np.concatenate(preds).astype(np.int64) if preds else np.zeros((0,), dtype=np.int64)
 
 
 def evaluate(model: Module, x, y, batch_size: int = 256) -> float:
-    """Accuracy in ``[0, 1]`` of ``model`` on ``(x, y)`` (evaluation mode, no graph)."""
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"evaluate: x has {len(x)} examples and y has {len(y)}; they must match and be non-empty")
-    return float((predict(model, x, batch_size) == np.asarray(y)).mean())
+    """Accuracy in ``[0, 1]`` of ``model`` on ``(x, y)`` (evaluation mode, no graph).
+
+    Raises:
+        ValueError: if ``x`` and ``y`` hold different numbers of examples, none, or labels whose shape
+            is not that of the predictions (``(N,)``, or ``(N, T)`` for per-token logits): a ``y`` of
+            shape ``(N, 1)`` would otherwise broadcast against ``(N,)`` and give a wrong accuracy.
+    """
+    y = np.asarray(y)
+    if y.ndim == 0 or len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"evaluate: x has {len(x)} examples and y has shape {y.shape}; they must match "
+                         "and be non-empty")
+    preds = predict(model, x, batch_size)
+    if preds.shape != y.shape:
+        raise ValueError(f"evaluate: labels of shape {y.shape} do not match the predictions' shape {preds.shape}")
+    return float((preds == y).mean())

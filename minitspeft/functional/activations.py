@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from ..extend import tensor_input
 from ..tensor import Tensor
 
 __all__ = ["softmax", "log_softmax", "gelu"]
 
 
+@tensor_input
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """Softmax along ``axis``, shifted by the maximum so large logits never overflow.
 
@@ -39,6 +41,7 @@ def log_softmax_array(data, axis):
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
+@tensor_input
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """``x - logsumexp(x)`` along ``axis``, exact for logits of any magnitude.
 
@@ -57,6 +60,7 @@ _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_FLAT = 100.0  # tanh(k (x + 0.044715 x^3)) rounds to exactly +-1 well before |x| = 100
 
 
+@tensor_input
 def gelu(x: Tensor) -> Tensor:
     """GELU in its tanh form (Hendrycks and Gimpel 2016, as in GPT-2):
     ``0.5 x (1 + tanh(k (x + 0.044715 x^3)))``, ``k = sqrt(2/pi)``.

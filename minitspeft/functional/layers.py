@@ -4,6 +4,7 @@ hand-derived backward (its formula in each docstring)."""
 from __future__ import annotations
 
 from .. import backend
+from ..extend import require_tensor, tensor_input
 from ..tensor import Tensor
 
 __all__ = ["layer_norm", "linear", "dropout", "embedding"]
@@ -36,6 +37,7 @@ def _normalise(x, eps: float) -> tuple:
     return xhat, inv_std
 
 
+@tensor_input
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Layer normalisation over the last axis: ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
@@ -50,8 +52,12 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ``dweight = sum(g * xhat)``, ``dbias = sum(g)`` over the leading axes.
     """
     xp = backend.xp
+    if x.ndim == 0:
+        raise ValueError("layer_norm: x must have at least one axis, got a 0-d tensor")
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None:
+            require_tensor("layer_norm", name, p)
         if p is not None and p.shape != (C,):
             raise ValueError(f"layer_norm: {name} shape {p.shape} does not match normalized size {C} of x {x.shape}")
     xhat, inv_std = _normalise(x.data, eps)
@@ -81,6 +87,7 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     return Tensor.from_op(out, parents, backward, "layer_norm")
 
 
+@tensor_input
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` as one matrix product over all leading axes.
 
@@ -93,6 +100,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
     Backward: ``dx = g @ W``, ``dW = g^T x``, ``db = sum(g)`` (leading axes flattened).
     """
+    require_tensor("linear", "weight", weight)
+    if bias is not None:
+        require_tensor("linear", "bias", bias)
     if weight.ndim != 2 or x.shape[-1:] != weight.shape[1:]:
         raise ValueError(f"linear: input shape {x.shape} does not match weight shape {weight.shape} (out, in)")
     lead = x.shape[:-1]
@@ -114,6 +124,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return Tensor.from_op(out, parents, backward, "linear")
 
 
+@tensor_input
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """Inverted dropout: zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
 
@@ -139,6 +150,7 @@ def embedding(ids, weight: Tensor) -> Tensor:
     Backward: rows of ``g`` are added into ``dweight`` at their ids (repeats add up).
     """
     xp = backend.xp
+    require_tensor("embedding", "weight", weight)
     idx = ids.data if isinstance(ids, Tensor) else xp.asarray(ids)
     if idx.dtype.kind not in "iu":
         raise ValueError(f"embedding: ids must be integers, got dtype {idx.dtype}")

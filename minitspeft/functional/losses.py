@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import backend
+from ..extend import tensor_input
 from ..tensor import Tensor
 from .activations import log_softmax_array
 
@@ -12,6 +13,8 @@ __all__ = ["cross_entropy"]
 def _checked_targets(logits: Tensor, targets, reduction: str, ignore_index: int, label_smoothing: float):
     """``targets`` as a backend integer array after every check of :func:`cross_entropy` (see there)."""
     xp = backend.xp
+    if logits.ndim == 0:
+        raise ValueError("cross_entropy: logits must be (..., C) with at least one axis, got a 0-d tensor")
     t = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
@@ -30,6 +33,7 @@ def _checked_targets(logits: Tensor, targets, reduction: str, ignore_index: int,
     return t
 
 
+@tensor_input
 def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index: int = -100,
                   label_smoothing: float = 0.0) -> Tensor:
     """Cross-entropy between ``logits`` and integer class ``targets``.

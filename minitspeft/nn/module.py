@@ -11,6 +11,7 @@ import contextlib
 from collections import OrderedDict
 
 from .. import backend
+from ..checks import is_int
 from ..tensor import Tensor
 
 
@@ -240,7 +241,18 @@ class ModuleList(Module):
         return sum(1 for _ in self._children_items())
 
     def __getitem__(self, i: int) -> Module:
-        return getattr(self, str(i % len(self)))
+        """The ``i``-th module; negative ``i`` counts from the end, as for a list.
+
+        Raises:
+            IndexError: for ``i`` outside ``[-len, len)`` (an empty list has no index).
+            TypeError: for an index that is not an integer.
+        """
+        if not is_int(i):
+            raise TypeError(f"ModuleList: indices must be integers, got {type(i).__name__}")
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"ModuleList: index {i} is out of range for {n} modules")
+        return getattr(self, str(i % n))
 
     def __iter__(self):
         for _, m in self._children_items():

@@ -121,6 +121,9 @@ class PeftModel(Module):
         loss = Tensor(backend.xp.zeros((), dtype=dtype))
         if gc is None or not S:
             return loss
+        S = [s for s in S if s.size]  # an empty batch gates no token
+        if not S:
+            return loss
         if gc.sparsity_weight:
             count = sum(s.size for s in S)
             total = S[0].sum()
