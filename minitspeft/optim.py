@@ -270,7 +270,12 @@ def set_lr_factor(optimizer: Optimizer, factor: float) -> None:
 
 
 def clip_grad_norm(params, max_norm: float) -> float:
-    """Scale gradients in place so their joint L2 norm is at most ``max_norm``; return the norm before clipping."""
+    """Scale gradients in place so their joint L2 norm is at most ``max_norm``; return the norm before clipping.
+
+    Raises:
+        ValueError: unless ``max_norm`` is a finite number > 0 (0 or less would silently not clip).
+    """
+    check_number("clip_grad_norm", "max_norm", max_norm, 0, low_open=True)
     params = [p for p in params if p.grad is not None]
     total = math.sqrt(sum(float((p.grad * p.grad).sum()) for p in params))
     if total > max_norm > 0:

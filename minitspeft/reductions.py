@@ -63,9 +63,11 @@ def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
 @tensor_input
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
-    """Mean over ``axis``: ``sum / count`` (the count never promotes a float32 tensor)."""
+    """Mean over ``axis``: ``sum / count`` (the count never promotes a float32 tensor); the mean of no
+    elements is NaN, as in NumPy and PyTorch."""
     axes = normalize_axes("mean", axis, x.ndim)
-    return ops.mul(sum(x, axes, keepdims), 1.0 / builtins.max(_count(x.shape, axes), 1))
+    count = _count(x.shape, axes)
+    return ops.mul(sum(x, axes, keepdims), 1.0 / count if count else float("nan"))
 
 
 @tensor_input
