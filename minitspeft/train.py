@@ -63,7 +63,7 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
 def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0,
         warmup_steps: int = 0, seed: int = 0, desc: str = "train", progress: bool = True,
         max_grad_norm: float | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, blas_threads: int | None = 1) -> FitResult:
     """Train with AdamW on cross-entropy (plus the gate regulariser for gated models).
 
     (Over 60 lines only because of this docstring: the body is the loop over
@@ -84,6 +84,8 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             ``checkpoint_every`` steps (0: only at the end) when given.
         resume: continue from the checkpoint in ``checkpoint_dir`` if there is
             one; the resumed run ends bit-for-bit where the uninterrupted run ends.
+        blas_threads: host BLAS threads during training (:func:`~minitspeft.backend.blas_threads`;
+            fixed so that results do not depend on the machine's thread settings; None: leave them).
 
     Returns:
         A :class:`FitResult` (its history includes the steps before a resume).
@@ -99,7 +101,8 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
     """
     x, y = _checked_data(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, seed=seed, max_grad_norm=max_grad_norm,
-                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume)
+                         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                         blas_threads=blas_threads)
     backend.manual_seed(seed)
     peft = model if isinstance(model, PeftModel) and model.gate_config is not None else None
     opt = build_optimizer(model, lr, weight_decay)
@@ -113,7 +116,7 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
     start = time.perf_counter()
     bar = tqdm(range(first, steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True,
                initial=first, total=steps)
-    try:
+    with backend.blas_threads(blas_threads), bar:  # the bar closes even when a step raises
         for step in bar:
             set_lr_factor(opt, warmup_cosine(step, steps, warmup_steps))
             regularise = peft is not None and step >= peft.gate_config.warmup_steps
@@ -129,8 +132,6 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             bar.set_postfix(_postfix(record), refresh=False)
             if checkpoint_dir is not None and _checkpoint_due(step + 1, steps, checkpoint_every):
                 save_checkpoint(checkpoint_dir, model, opt, step + 1, result.history, fingerprint)
-    finally:
-        bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
@@ -147,6 +148,7 @@ def _checked_data(model: Module, x, y, **settings) -> tuple:
     check_number("fit", "lr", settings["lr"], 0)
     check_number("fit", "weight_decay", settings["weight_decay"], 0)
     check_number("fit", "max_grad_norm", settings["max_grad_norm"], 0, low_open=True, allow_none=True)
+    check_int("fit", "blas_threads", settings["blas_threads"], allow_none=True)
     if settings["checkpoint_dir"] is None and (settings["resume"] or settings["checkpoint_every"]):
         raise ValueError("fit: resume=True and checkpoint_every need a checkpoint_dir")
     if not any(p.requires_grad for p in model.parameters()):
@@ -212,15 +214,17 @@ def _checkpoint_due(done: int, steps: int, every: int) -> bool:
 
 
 @no_grad()
-def predict(model: Module, x, batch_size: int = 256) -> np.ndarray:
+def predict(model: Module, x, batch_size: int = 256, blas_threads: int | None = 1) -> np.ndarray:
     """Class predictions ``(N,)`` (or ``(N, T)`` for per-token logits), int64 on the host, in evaluation
     mode; restores the previous mode. Zero examples give an empty array.
+
+    ``blas_threads`` as in :func:`fit`.
 
     Raises:
         ValueError: for a ``batch_size`` that is not an integer >= 1.
     """
     check_int("predict", "batch_size", batch_size)
-    with model.eval_mode():
+    with model.eval_mode(), backend.blas_threads(blas_threads):
         preds = [backend.to_numpy(model(x[i:i + batch_size]).data.argmax(axis=-1))
                  for i in range(0, len(x), batch_size)]
     return np.concatenate(preds).astype(np.int64) if preds else np.zeros((0,), dtype=np.int64)

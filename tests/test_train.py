@@ -11,7 +11,7 @@ import minitspeft as mt
 from minitspeft import nn
 from minitspeft.optim import SGD, AdamW, clip_grad_norm
 from minitspeft.peft import GateConfig, LoraConfig, get_peft_model
-from minitspeft.train import CHECKPOINT, batch_indices, evaluate, fit
+from minitspeft.train import CHECKPOINT, batch_indices, evaluate, fit, predict
 
 
 def _model(gated=False, dropout=0.1):
@@ -333,3 +333,28 @@ def test_fit_refuses_float_labels_and_mismatched_shapes():
         fit(_model(), x, y.astype(float), **KW)
     with pytest.raises(ValueError, match="same number"):
         fit(_model(), x, y[:-1], **KW)
+
+
+def test_fit_and_predict_run_with_the_blas_thread_count_fixed():
+    """Results must not depend on the machine's thread settings: inside fit and predict BLAS has 1 thread."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            self.inner = _model(dropout=0.0)
+
+        def forward(self, x):
+            seen.append({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+            return self.inner(x)
+
+    x, y = toy_images()
+    with threadpool_limits(limits=2, user_api="blas"):
+        outer = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        fit(Probe(), x, y, **{**KW, "steps": 2})
+        predict(Probe(), x)
+        fit(Probe(), x, y, **{**KW, "steps": 1}, blas_threads=None)
+    assert seen[:3] == [{1}] * 3 and seen[-1] == outer  # None leaves the caller's setting alone
+    with pytest.raises(ValueError, match="blas_threads"):
+        fit(_model(), x, y, **KW, blas_threads=0)
