@@ -468,3 +468,20 @@ def test_reference_cross_entropy_with_label_smoothing_and_dropout_match_the_fuse
     composed = FR.dropout(Tensor(x), 0.3).data  # the same draw from the host generator
     assert (fused == 0).sum() > 0
     np.testing.assert_allclose(composed, fused, rtol=1e-15)
+
+
+def test_the_issue_examples_at_large_magnitude_give_the_right_answer_in_float32():
+    """layer_norm of [1e30, -1e30, 0, 5] used to return zeros with a zero gradient; gelu's gradient was NaN
+    past ~1.8e19. Both now match a float64 computation of the same numbers."""
+    x = np.array([[1e30, -1e30, 0.0, 5.0]], np.float32)
+    t = Tensor(x, requires_grad=True)
+    out = F.layer_norm(t, None, None)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean()) / np.sqrt(x64.var() + 1e-5)
+    np.testing.assert_allclose(out.data, want, rtol=1e-6)
+    v = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
+    out.backward(v)
+    assert np.all(np.isfinite(t.grad)) and np.abs(t.grad).max() > 0  # tiny (1e-30 scale) but not lost
+    g = Tensor(np.array([2e19, -2e19, 3e38, -3e38], np.float32), requires_grad=True)
+    F.gelu(g).sum().backward()
+    np.testing.assert_array_equal(g.grad, [1.0, 0.0, 1.0, 0.0])

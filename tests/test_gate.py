@@ -205,3 +205,43 @@ def test_last_S_is_the_gate_of_the_last_forward_and_clears_when_no_gate_runs():
     with pm.disable_adapter():
         pm(ids)
     assert gate.last_S is None and float(pm.sparsity_loss().data) == 0.0
+
+
+def test_the_gate_with_b_and_d_at_1e30_keeps_r_tau_and_its_gradient_finite():
+    """b = d = 1e30 (float32) used to give r = NaN, a closed gate and a NaN tau.grad kept forever by the
+    projection; now r = ||d|| / (||b|| + eps) = 1 and every gradient is finite."""
+    from minitspeft.optim import AdamW
+    from minitspeft.peft import gated_update
+
+    b = mt.Tensor(np.full((2, 3, 4), 1e30, np.float32), requires_grad=True)
+    d = mt.Tensor(np.full((2, 3, 4), 1e30, np.float32), requires_grad=True)
+    tau = Parameter(np.array(0.5, np.float32), lower_bound=0.0)
+    out, S, r = gated_update(b, d, tau)
+    np.testing.assert_allclose(r, 1.0, rtol=1e-6)
+    assert (S.data == 1).all()
+    (out.mean() * 1e-30 + S.mean()).backward()
+    assert all(np.isfinite(g).all() for g in (b.grad, d.grad, tau.grad))
+    tau.grad = np.array(np.nan, np.float32)  # and a NaN that got here anyway is refused, nothing moved
+    opt = AdamW([tau], lr=0.1)
+    with pytest.raises(FloatingPointError, match="non-finite gradient"):
+        opt.step()
+    assert float(tau.data) == 0.5 and opt.state == {}
+
+
+@pytest.mark.parametrize("field", ["temperature", "eps"])
+def test_settings_that_round_to_zero_in_the_layers_dtype_are_refused(field):
+    with pytest.raises(ValueError, match=f"{field}=1e-50 is below the smallest normal float32"):
+        TokenGate(GateConfig(**{field: 1e-50}), dtype=np.float32)
+    TokenGate(GateConfig(**{field: 1e-50}), dtype=np.float64)  # representable there
+
+
+def test_the_regulariser_after_an_empty_batch_is_zero():
+    from minitspeft import nn
+    from minitspeft.peft import LoraConfig, get_peft_model
+
+    mt.manual_seed(0)
+    vit = nn.ViT(nn.TransformerConfig(n_layer=1, n_head=2, n_embd=8, n_classes=2, pooling="cls"),
+                 patch_size=2, image_size=4)
+    pm = get_peft_model(vit, LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig(sparsity_weight=1.0))
+    pm(np.zeros((0, 4, 4)))
+    assert float(pm.sparsity_loss().data) == 0.0

@@ -358,3 +358,14 @@ def test_fit_and_predict_run_with_the_blas_thread_count_fixed():
     assert seen[:3] == [{1}] * 3 and seen[-1] == outer  # None leaves the caller's setting alone
     with pytest.raises(ValueError, match="blas_threads"):
         fit(_model(), x, y, **KW, blas_threads=0)
+
+
+def test_a_checkpoint_whose_record_is_not_an_object_is_refused(tmp_path):
+    from minitspeft.io import load_arrays, save_arrays
+
+    x, y = toy_images()
+    fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    arrays, _ = load_arrays(str(tmp_path / CHECKPOINT))
+    save_arrays(str(tmp_path / CHECKPOINT), arrays, ["not", "an", "object"])
+    with pytest.raises(ValueError, match="holds no record"):
+        fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
