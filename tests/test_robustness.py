@@ -66,8 +66,9 @@ def test_fused_ops_stay_right_at_any_float32_magnitude(scale, seed, rows, width)
         out.backward(np.ones(out.shape, np.float32))
         assert np.all(np.isfinite(out.data)), name
         assert np.all(np.isfinite(t.grad)), name
-        if ref is not None:
-            np.testing.assert_allclose(out.data, ref(x64), rtol=2e-5, atol=1e-30, err_msg=name)
+        if ref is not None:  # float32 rounding of the inputs' own scale is the tolerance
+            want = ref(x64)
+            np.testing.assert_allclose(out.data, want, rtol=2e-5, atol=2e-6 * np.abs(want).max(), err_msg=name)
 
 
 @given(sb=magnitudes, sd=magnitudes, tau=st.floats(0, 3), seed=st.integers(0, 2**16))
