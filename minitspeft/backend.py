@@ -88,9 +88,10 @@ def scatter_add(target, index, values) -> None:
 
 
 def quiet_overflow():
-    """A context manager that silences the array library's overflow warnings, for code that detects
-    overflowed values itself and recomputes them (NumPy warns; CuPy never does)."""
-    return numpy.errstate(over="ignore", invalid="ignore") if xp is numpy else contextlib.nullcontext()
+    """A context manager that silences the array library's overflow, underflow-to-zero-division and invalid
+    warnings, for code that detects such values itself and recomputes them (NumPy warns; CuPy never does)."""
+    return numpy.errstate(over="ignore", invalid="ignore", divide="ignore") if xp is numpy \
+        else contextlib.nullcontext()
 
 
 def blas_threads(n: int | None = 1):

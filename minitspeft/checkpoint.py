@@ -55,17 +55,24 @@ def _configs(model: Module) -> dict:
 
 def run_fingerprint(model: Module, opt, x, y, loop: dict) -> dict:
     """What must be equal for a checkpoint to continue a run: ``{"loop", "data", "model", "parameters",
-    "optimizer"}``, JSON-able.
+    "frozen_weights", "optimizer"}``, JSON-able (``frozen_weights`` hashes the values of the frozen
+    parameters, so a run on another base model of the same shape is refused).
 
     Args:
         model: the model being trained; opt: its optimiser (its groups' settings count, not their ``lr``,
             which the schedule moves); x, y: the training data (hashed); loop: ``fit``'s own settings.
     """
     params = [f"{n}:{tuple(p.shape)}:{p.dtype}:{int(p.requires_grad)}" for n, p in model.named_parameters()]
+    frozen = hashlib.sha256()  # the frozen weights' values: resuming on another base model is refused
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            frozen.update(n.encode())
+            frozen.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k not in ("params", "lr")}
               | {"n_params": len(g["params"])} for g in opt.param_groups]
     return {"loop": dict(loop), "data": {"n": len(x), "sha256": _data_hash(x, y)}, "model": _configs(model),
-            "parameters": hashlib.sha256("\n".join(params).encode()).hexdigest()[:32], "optimizer": groups}
+            "parameters": hashlib.sha256("\n".join(params).encode()).hexdigest()[:32],
+            "frozen_weights": frozen.hexdigest()[:32], "optimizer": groups}
 
 
 def _flatten(value, prefix: str = "") -> dict:
@@ -120,6 +127,18 @@ def _check_record(where: str, meta, steps: int) -> None:
             raise ValueError(f"{where}: its record has no {key!r} object")
 
 
+def _check_values(where: str, model: Module, arrays: dict) -> None:
+    """Every saved array is a finite float array, and a bounded parameter's values respect its bound."""
+    bounds = {f"model.{n}": p.lower_bound for n, p in model.named_parameters()}
+    for name, value in arrays.items():
+        if value.dtype.kind != "f" or not np.isfinite(value).all():
+            raise ValueError(f"{where}: array {name!r} is not finite floating point ({value.dtype}); the file is "
+                             "damaged")
+        bound = bounds.get(name)
+        if bound is not None and (value < bound).any():
+            raise ValueError(f"{where}: {name!r} holds values below its lower bound {bound}")
+
+
 def load_checkpoint(folder: str, model: Module, opt, fingerprint: dict, steps: int) -> tuple:
     """Restore a checkpoint written by :func:`save_checkpoint`; return ``(step, history)``.
 
@@ -134,6 +153,7 @@ def load_checkpoint(folder: str, model: Module, opt, fingerprint: dict, steps: i
     diff = differences(meta["fingerprint"], fingerprint)
     if diff:
         raise ValueError(f"{where} was written by a run with other settings: {'; '.join(diff)}")
+    _check_values(where, model, arrays)
     before = (model.state_dict(), opt.state_dict(), backend.get_rng_state())
     try:
         model.load_state_dict({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")})

@@ -39,12 +39,13 @@ class no_grad:
     _mode = False
 
     def __enter__(self):
-        self._prev = _grad_mode.enabled
+        # a stack, so that one object can be entered twice (nested) and still restore the right mode
+        self.__dict__.setdefault("_prev", []).append(_grad_mode.enabled)
         _grad_mode.enabled = self._mode
         return self
 
     def __exit__(self, *exc):
-        _grad_mode.enabled = self._prev
+        _grad_mode.enabled = self._prev.pop()
         return False
 
     def __call__(self, fn):

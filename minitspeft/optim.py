@@ -17,6 +17,8 @@ import math
 from . import backend
 from .checks import check, check_int, check_number, is_number
 from .nn.module import Parameter
+from .reductions import stable_norm
+from .tensor import Tensor
 
 
 class Optimizer:
@@ -41,12 +43,22 @@ class Optimizer:
     """
 
     def __init__(self, params, defaults: dict):
+        n = type(self).__name__
+        if isinstance(params, Tensor) or not hasattr(params, "__iter__"):
+            raise TypeError(f"{n}: params must be an iterable of Parameters or of dicts (e.g. "
+                            f"model.parameters()), got {type(params).__name__}")
         params = list(params)
         if not params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+            raise ValueError(f"{n}: got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups, seen = [], set()
-        for group in groups:
+        for i, group in enumerate(groups):
+            if not isinstance(group, dict) or "params" not in group:
+                raise ValueError(f"{n}: parameter group {i} must be a dict with a 'params' entry")
+            unknown = sorted(set(group) - set(defaults) - {"params", "name", "frozen_until", "initial_lr"})
+            if unknown:
+                raise ValueError(f"{n}: parameter group {i} has unknown settings {unknown}; known: "
+                                 f"{sorted(defaults) + ['frozen_until', 'name']}")
             group = {**defaults, **group, "params": list(group["params"])}
             for p in group["params"]:
                 if not isinstance(p, Parameter):
@@ -66,6 +78,8 @@ class Optimizer:
         n = type(self).__name__
         check_number(n, "lr", group["lr"], 0)
         check_number(n, "weight_decay", group["weight_decay"], 0)
+
+    _state_keys: tuple = ()  # the per-parameter state arrays a subclass keeps besides "step"
 
     def lr_of(self, group: dict) -> float:
         """The learning rate of ``group`` for the step about to be taken: 0 while the group is frozen."""
@@ -121,17 +135,39 @@ class Optimizer:
             p = params[int(idx)]
             state.setdefault(id(p), {})[key] = backend.asarray(value, dtype=p.dtype).copy()
         for idx, step in meta["steps"].items():
+            if not idx.isdigit() or int(idx) >= len(params) or not isinstance(step, int) or step < 1:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: step {step!r} of parameter {idx!r} "
+                                 "does not fit the parameters")
             state.setdefault(id(params[int(idx)]), {})["step"] = int(step)
+        for key_set in state.values():
+            if set(key_set) != {"step", *self._state_keys}:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: a parameter's state has keys "
+                                 f"{sorted(key_set)}, expected {sorted({'step', *self._state_keys})}")
+        if meta["step_count"] < 0:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: step count {meta['step_count']} is negative")
+        for group, saved in zip(self.param_groups, meta["groups"], strict=True):
+            if set(saved) != set(group) - {"params"}:
+                raise ValueError(f"{type(self).__name__}.load_state_dict: saved group settings {sorted(saved)} "
+                                 f"are not this optimiser's {sorted(set(group) - {'params'})}")
         for group, saved in zip(self.param_groups, meta["groups"], strict=True):
             group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
         self.state = state
         self.step_count = meta["step_count"]
 
-    def _check_bounded_grads(self) -> None:
-        """Refuse a NaN or infinite gradient on a bounded parameter (a gate threshold) before anything
-        moves: the projection ``max(tau, 0)`` would keep a NaN forever."""
+    def _check_grads(self) -> None:
+        """Before anything moves: every gradient has its parameter's shape, and a bounded parameter's (a gate
+        threshold's) is finite, since the projection ``max(tau, 0)`` would keep a NaN forever.
+
+        Raises:
+            ValueError: for a gradient of the wrong shape; FloatingPointError: for a non-finite bounded one.
+        """
         for i, p in enumerate(self.parameters()):
-            if p.lower_bound is not None and p.grad is not None and not bool(backend.xp.isfinite(p.grad).all()):
+            if p.grad is None:
+                continue
+            if tuple(p.grad.shape) != p.shape:
+                raise ValueError(f"{type(self).__name__}.step: parameter {i} has shape {p.shape} but its gradient "
+                                 f"{tuple(p.grad.shape)}; nothing was updated")
+            if p.lower_bound is not None and not bool(backend.xp.isfinite(p.grad).all()):
                 raise FloatingPointError(f"{type(self).__name__}.step: parameter {i} (shape {p.shape}, lower bound "
                                          f"{p.lower_bound}) has a non-finite gradient; nothing was updated")
 
@@ -155,6 +191,8 @@ class SGD(Optimizer):
         ValueError: for negative settings, or Nesterov without momentum or with dampening.
     """
 
+    _state_keys = ("momentum_buffer",)
+
     def __init__(self, params, lr: float = 1e-2, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
@@ -170,7 +208,7 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """Update every parameter that has a gradient, then apply lower bounds."""
-        self._check_bounded_grads()
+        self._check_grads()
         for group in self.param_groups:
             lr, mu, damp, wd = self.lr_of(group), group["momentum"], group["dampening"], group["weight_decay"]
             for p in group["params"]:
@@ -210,6 +248,8 @@ class AdamW(Optimizer):
         ValueError: naming a setting outside its range.
     """
 
+    _state_keys = ("m", "v")
+
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
@@ -223,7 +263,7 @@ class AdamW(Optimizer):
 
     def step(self) -> None:
         """Update every parameter that has a gradient, then apply lower bounds."""
-        self._check_bounded_grads()
+        self._check_grads()
         xp = backend.xp
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = self.lr_of(group), group["betas"], group["eps"], group["weight_decay"]
@@ -272,12 +312,17 @@ def set_lr_factor(optimizer: Optimizer, factor: float) -> None:
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale gradients in place so their joint L2 norm is at most ``max_norm``; return the norm before clipping.
 
+    ``params`` is one Parameter or an iterable of them (as ``torch.nn.utils.clip_grad_norm_``); the
+    norm is right even where the squares of the gradients would overflow or underflow.
+
     Raises:
         ValueError: unless ``max_norm`` is a finite number > 0 (0 or less would silently not clip).
     """
     check_number("clip_grad_norm", "max_norm", max_norm, 0, low_open=True)
+    params = [params] if isinstance(params, Tensor) else list(params)  # one tensor or many, as in PyTorch
     params = [p for p in params if p.grad is not None]
-    total = math.sqrt(sum(float((p.grad * p.grad).sum()) for p in params))
+    # each gradient's norm is right at any magnitude; hypot joins them without overflow (in float64)
+    total = math.hypot(*[float(stable_norm(p.grad, tuple(range(p.grad.ndim))).reshape(())) for p in params])
     if total > max_norm > 0:
         scale = max_norm / (total + 1e-6)
         for p in params:

@@ -4,6 +4,7 @@ hand-derived backward (its formula in each docstring)."""
 from __future__ import annotations
 
 from .. import backend
+from ..checks import check_number
 from ..extend import require_tensor, tensor_input
 from ..tensor import Tensor
 
@@ -24,14 +25,14 @@ def _normalise(x, eps: float) -> tuple:
         mu = x.mean(axis=-1, keepdims=True)
         centred = x - mu
         var = (centred * centred).mean(axis=-1, keepdims=True)
-    inv_std = 1 / xp.sqrt(var + xp.asarray(eps, dtype=x.dtype))
-    xhat = centred * inv_std
-    risky = ~xp.isfinite(var)
+        inv_std = 1 / xp.sqrt(var + xp.asarray(eps, dtype=x.dtype))
+        xhat = centred * inv_std
+    risky = ~xp.isfinite(inv_std) | ~xp.isfinite(var)  # squares overflowed, or (eps tiny) underflowed
     if bool(risky.any()):
         with backend.quiet_overflow():
             s = xp.where(risky, xp.abs(x).max(axis=-1, keepdims=True), 1)
             c = x / s - (x / s).mean(axis=-1, keepdims=True)
-            root = xp.sqrt((c * c).mean(axis=-1, keepdims=True) + xp.asarray(eps, dtype=x.dtype) / (s * s))
+            root = xp.sqrt((c * c).mean(axis=-1, keepdims=True) + xp.asarray(eps, dtype=x.dtype) / s / s)
             xhat = xp.where(risky, c / root, xhat)
             inv_std = xp.where(risky, 1 / (s * root), inv_std)
     return xhat, inv_std
@@ -52,8 +53,9 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     ``dweight = sum(g * xhat)``, ``dbias = sum(g)`` over the leading axes.
     """
     xp = backend.xp
-    if x.ndim == 0:
-        raise ValueError("layer_norm: x must have at least one axis, got a 0-d tensor")
+    if x.ndim == 0 or x.shape[-1] == 0:
+        raise ValueError(f"layer_norm: x must be (..., C) with C >= 1, got shape {x.shape}")
+    check_number("layer_norm", "eps", eps, 0)
     C = x.shape[-1]
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None:

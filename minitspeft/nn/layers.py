@@ -90,6 +90,7 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype=None):
         _check_positive("LayerNorm", normalized_shape=normalized_shape)
+        check_number("LayerNorm", "eps", eps, 0)
         self.normalized_shape, self.eps = normalized_shape, eps
         self.weight = Parameter(backend.xp.ones(normalized_shape, dtype=_dtype(dtype)))
         self.bias = Parameter(backend.xp.zeros(normalized_shape, dtype=_dtype(dtype)))

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from .. import backend
 from ..nn.module import Module, Parameter
+from ..checks import check_number
+from ..extend import require_tensor
 from ..reductions import stable_norm
 from ..tensor import Tensor
 from .config import GateConfig
@@ -50,7 +52,7 @@ def _ratio_grad_b(k, nd, denom, r):
     with backend.quiet_overflow():
         square = denom * denom
         coef = -k * nd / square
-    big = ~xp.isfinite(square)
+    big = ~xp.isfinite(square) | (square < xp.finfo(square.dtype).tiny)  # overflow, or underflow (tiny eps)
     return xp.where(big, -k * r / xp.where(big, denom, 1), coef) if bool(big.any()) else coef
 
 
@@ -61,8 +63,26 @@ def _unit(v, n):
 
 
 def _check_pair(op: str, b: Tensor, d: Tensor) -> None:
+    require_tensor(op, "b", b)
+    require_tensor(op, "d", d)
     if b.shape != d.shape:
         raise ValueError(f"{op}: base output shape {b.shape} and update shape {d.shape} differ")
+    if b.ndim == 0:
+        raise ValueError(f"{op}: b and d must be (..., C) with at least one axis, got 0-d tensors")
+
+
+def _check_settings(op: str, tau: Tensor | None, eps: float | None, temperature: float | None = None) -> None:
+    """``tau`` a finite scalar Tensor; ``eps`` and ``temperature`` finite numbers > 0."""
+    if temperature is not None:
+        check_number(op, "temperature", temperature, 0, low_open=True)
+    if tau is not None:
+        require_tensor(op, "tau", tau)
+        if tau.size != 1:
+            raise ValueError(f"{op}: tau must be a scalar, got shape {tau.shape}")
+        if not bool(backend.xp.isfinite(tau.data).all()):
+            raise ValueError(f"{op}: tau is {float(tau.data.reshape(()))}; a threshold must be finite")
+    if eps is not None:
+        check_number(op, "eps", eps, 0, low_open=True)
 
 
 def token_ratio(b: Tensor, d: Tensor, eps: float) -> Tensor:
@@ -83,6 +103,7 @@ def token_ratio(b: Tensor, d: Tensor, eps: float) -> Tensor:
     direction is taken as 0, the norm's subgradient at 0.
     """
     _check_pair("token_ratio", b, d)
+    _check_settings("token_ratio", None, eps)
     nb, nd, denom, r = _ratio(b.data, d.data, eps)
 
     def backward(g):
@@ -120,8 +141,7 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
     gradient reaching ``S_i``: :func:`threshold_step` after :func:`token_ratio`.
     """
     _check_pair("gated_update", b, d)
-    if tau.size != 1:
-        raise ValueError(f"gated_update: tau must be a scalar, got shape {tau.shape}")
+    _check_settings("gated_update", tau, eps, temperature)
     nb, nd, denom, r = _ratio(b.data, d.data, eps)
     t = tau.data.reshape(())
     hard = (r >= t).astype(b.dtype)  # ties open
@@ -166,8 +186,8 @@ def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperatu
     Backward (straight-through, derived here): ``dS/dr = phi'(r - tau)``,
     ``dS/dtau = -phi'(r - tau)``.
     """
-    if tau.size != 1:
-        raise ValueError(f"threshold_step: tau must be a scalar, got shape {tau.shape}")
+    require_tensor("threshold_step", "r", r)
+    _check_settings("threshold_step", tau, None, temperature)
     t = tau.data.reshape(())
     S = (r.data >= t).astype(r.dtype)
 

@@ -16,6 +16,8 @@ import json
 import os
 import warnings
 
+import numpy as np
+
 from .. import backend
 from ..io import load_arrays, save_json, save_npz
 from .config import AdapterConfig, GateConfig, LoraConfig
@@ -96,14 +98,17 @@ def configs_from(meta) -> tuple:
     return config, gate
 
 
-def _problems(expected: dict, arrays: dict) -> list:
+def _problems(expected: dict, arrays: dict, bounds: dict) -> list:
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
     wrong = [f"{k}: expected {expected[k].shape}, got {arrays[k].shape}"
              for k in expected if k in arrays and arrays[k].shape != expected[k].shape]
     dtypes = [f"{k}: {v.dtype}" for k, v in arrays.items() if v.dtype.kind != "f"]
+    values = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    values += [k for k, v in arrays.items() if k in bounds and v.dtype.kind == "f" and (v < bounds[k]).any()]
     return [f"{what} {items}" for what, items in (("missing", missing), ("unexpected", unexpected),
-                                                  ("wrong shapes", wrong), ("non-float dtypes", dtypes)) if items]
+                                                  ("wrong shapes", wrong), ("non-float dtypes", dtypes),
+                                                  ("non-finite or out-of-bound values", values)) if items]
 
 
 def load_adapter(cls, base_model, directory: str, is_trainable: bool = False):
@@ -117,7 +122,8 @@ def load_adapter(cls, base_model, directory: str, is_trainable: bool = False):
                          f"not a {type(base_model).__name__}")
     model = cls(base_model, config, gate)
     try:
-        problems = _problems(model.adapter_state_dict(), arrays)
+        bounds = {n: p.lower_bound for n, p in model.base_model.named_parameters() if p.lower_bound is not None}
+        problems = _problems(model.adapter_state_dict(), arrays, bounds)
         if problems:
             raise ValueError(f"from_pretrained: the saved adapter does not fit this model: {'; '.join(problems)}")
         params = dict(model.base_model.named_parameters())

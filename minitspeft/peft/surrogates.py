@@ -18,15 +18,17 @@ with ``H`` the hard step: forward ``H``, backward ``phi'``
 from __future__ import annotations
 
 from .. import backend
+from ..checks import check_number
 from ..ops import clip
 from ..tensor import Tensor
 
 SURROGATES = ("sigmoid", "rect", "identity")
 
 
-def _check(op: str, surrogate: str) -> None:
+def _check(op: str, surrogate: str, temperature=1.0) -> None:
     if surrogate not in SURROGATES:
         raise ValueError(f"{op}: unknown surrogate {surrogate!r}; choose from {SURROGATES}")
+    check_number(op, "temperature", temperature, 0, low_open=True)
 
 
 def surrogate_grad(z, surrogate: str, temperature: float):
@@ -39,9 +41,9 @@ def surrogate_grad(z, surrogate: str, temperature: float):
         An array of ``z``'s shape and dtype.
 
     Raises:
-        ValueError: for an unknown surrogate.
+        ValueError: for an unknown surrogate or a temperature that is not a finite number > 0.
     """
-    _check("surrogate_grad", surrogate)
+    _check("surrogate_grad", surrogate, temperature)
     xp = backend.xp
     T = z.dtype.type(temperature)
     if surrogate == "sigmoid":
@@ -59,7 +61,7 @@ def surrogate_step(z: Tensor, surrogate: str, temperature: float) -> Tensor:
     Raises:
         ValueError: for an unknown surrogate.
     """
-    _check("surrogate_step", surrogate)
+    _check("surrogate_step", surrogate, temperature)
     if surrogate == "sigmoid":
         return (z * (1.0 / temperature)).sigmoid()
     if surrogate == "rect":
