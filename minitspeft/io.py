@@ -31,7 +31,13 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _check_path(op: str, path) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
+
+
 def _atomic_write(path: str, write) -> None:
+    _check_path("save", path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
@@ -106,6 +112,7 @@ def load_arrays(path: str) -> tuple:
         ValueError: if the file is not an ``.npz`` archive (an ``.npy`` file, for example), is
             damaged (truncated, corrupted), holds pickled objects, or its record is not valid JSON.
     """
+    _check_path("load_arrays", path)
     try:
         with open(path, "rb") as fh:
             if fh.read(4) != _ZIP_MAGIC:

@@ -121,6 +121,9 @@ class Optimizer:
             ValueError: if the group count, an index, or a state array's shape does not match, or the
                 step count is missing; nothing is changed when it is raised.
         """
+        if not hasattr(arrays, "items") or not isinstance(meta, dict) or not isinstance(meta.get("groups"), list):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected (arrays dict, meta dict) from "
+                            "state_dict()")
         params = self.parameters()
         if not isinstance(meta.get("step_count"), int):
             raise ValueError(f"{type(self).__name__}.load_state_dict: the saved state has no step count")
@@ -296,6 +299,10 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_factor
 
     Source: Loshchilov and Hutter 2017 (SGDR) cosine annealing, with linear warm-up.
     """
+    check_int("warmup_cosine", "step", step, 0)
+    check_int("warmup_cosine", "total_steps", total_steps)
+    check_int("warmup_cosine", "warmup_steps", warmup_steps, 0)
+    check_number("warmup_cosine", "min_factor", min_factor, 0, 1)
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -305,6 +312,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_factor
 
 def set_lr_factor(optimizer: Optimizer, factor: float) -> None:
     """Set every group's ``lr`` to ``initial_lr * factor`` (call once per step with :func:`warmup_cosine`)."""
+    check_number("set_lr_factor", "factor", factor, 0)
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
 

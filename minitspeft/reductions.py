@@ -134,7 +134,7 @@ def stable_norm(a, axes) -> object:
     with backend.quiet_overflow():
         n = xp.sqrt((a * a).sum(axis=axes, keepdims=True))
     suspect = ~xp.isfinite(n) | (n < xp.sqrt(xp.finfo(a.dtype).tiny))
-    if bool(suspect.any()):
+    if a.size and bool(suspect.any()):
         s = xp.abs(a).max(axis=axes, keepdims=True)
         risky = suspect & (s > 0) & xp.isfinite(s)
         if bool(risky.any()):
@@ -156,9 +156,9 @@ def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     xp = backend.xp
     n = stable_norm(x.data, axes)
 
-    def backward(g):
-        safe = xp.where(n > 0, n, 1)
-        return (_expand(g, axes, keepdims) * xp.where(n > 0, x.data / safe, 0),)
+    def backward(g):  # n == 0 (not n > 0): a NaN norm keeps its NaN gradient
+        safe = xp.where(n == 0, 1, n)
+        return (_expand(g, axes, keepdims) * xp.where(n == 0, 0, x.data / safe),)
 
     out = n if keepdims else n.reshape([m for i, m in enumerate(n.shape) if i not in axes])
     return Tensor.from_op(out, (x,), backward, "norm")

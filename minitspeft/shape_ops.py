@@ -26,8 +26,11 @@ def reshape(x: Tensor, shape) -> Tensor:
     Raises:
         ValueError: if the sizes differ.
     """
+    dims = (shape,) if is_int(shape) else tuple(shape) if isinstance(shape, (tuple, list)) else None
+    if dims is None or not all(is_int(n) for n in dims):
+        raise TypeError(f"reshape: the shape must be integers, got {shape!r}")
     try:
-        out = x.data.reshape(shape)
+        out = x.data.reshape(dims)
     except ValueError:
         raise ValueError(f"reshape: cannot reshape tensor of shape {x.shape} into {tuple(shape)}") from None
     return Tensor.from_op(out, (x,), lambda g: (g.reshape(x.shape),), "reshape")

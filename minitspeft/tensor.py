@@ -65,7 +65,8 @@ class Tensor:
         dtype: optional dtype to cast to.
 
     Raises:
-        TypeError: ``requires_grad=True`` on a non-floating dtype.
+        TypeError: ``requires_grad=True`` on a non-floating dtype, or data that is not numbers
+            (None, strings, objects).
 
     Attributes:
         data: the backend array (NumPy or CuPy).
@@ -86,6 +87,9 @@ class Tensor:
                 arr = arr.astype(backend.get_default_dtype())
         else:
             arr = xp.asarray(data, dtype=dtype)
+        if arr.dtype.kind not in "biufc":
+            raise TypeError(f"Tensor: data must be numbers (bool, int, float or complex), got dtype {arr.dtype} "
+                            f"from {type(data).__name__}")
         self._data = arr
         self._version = 0  # counts assignments to .data (backward() refuses inputs changed after use)
         self.grad = None
@@ -113,10 +117,21 @@ class Tensor:
                 that needs none), given ``g``, the gradient of the result (its shape).
             name: the op's name, used in error messages.
 
+        Raises:
+            TypeError: if ``backward`` is not callable, ``parents`` is not a sequence of Tensors, or
+                ``data`` is not a backend array.
+
         Returns:
             A Tensor holding ``data``; ``requires_grad`` is true when graph
             recording is on (:func:`~minitspeft.grad_mode.is_grad_enabled`) and some parent requires gradients.
         """
+        if not callable(backward) or not isinstance(name, str):
+            raise TypeError(f"from_op: backward must be callable and name a string, got "
+                            f"{type(backward).__name__} and {type(name).__name__}")
+        if isinstance(parents, Tensor) or not all(isinstance(p, Tensor) for p in parents):
+            raise TypeError(f"from_op ({name}): parents must be a tuple or list of Tensors")
+        if isinstance(data, Tensor) or not (hasattr(data, "shape") and hasattr(data, "dtype")):
+            raise TypeError(f"from_op ({name}): data must be a backend array (backend.xp), got {type(data).__name__}")
         out = cls.__new__(cls)
         out._data = data
         out._version = 0
@@ -193,6 +208,9 @@ class Tensor:
             if g is None:
                 continue
             if node.is_leaf or node._retain:
+                if node.grad is not None and getattr(node.grad, "shape", None) != g.shape:
+                    raise RuntimeError(f"backward: a tensor of shape {node.shape} holds a .grad of shape "
+                                       f"{getattr(node.grad, 'shape', type(node.grad).__name__)}; set it to None")
                 node.grad = g.copy() if node.grad is None else node.grad + g
             if node.is_leaf:
                 continue
@@ -224,12 +242,18 @@ class Tensor:
                                    "replaced after the op used it, so its gradient would be wrong; run the "
                                    "forward again after changing .data")
         parent_grads = self._backward(g)
+        if not isinstance(parent_grads, (tuple, list)):
+            raise RuntimeError(f"backward of {self.op!r}: the rule must return a tuple with one gradient per "
+                               f"input, got {type(parent_grads).__name__}")
         if len(parent_grads) != len(self._parents):
             raise RuntimeError(f"backward of {self.op!r}: the rule returned {len(parent_grads)} gradients "
                                f"for {len(self._parents)} inputs")
         for i, (parent, pg) in enumerate(zip(self._parents, parent_grads)):
             if pg is None or not parent.requires_grad:
                 continue
+            if isinstance(pg, Tensor) or not hasattr(pg, "shape"):
+                raise RuntimeError(f"backward of {self.op!r}: the gradient of input {i} must be a backend array, "
+                                   f"got {type(pg).__name__}")
             if pg.shape != parent.data.shape:
                 raise RuntimeError(f"backward of {self.op!r}: the gradient of input {i} has shape "
                                    f"{tuple(pg.shape)}, the input has shape {parent.shape}")

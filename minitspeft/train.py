@@ -138,6 +138,8 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
 
 def _checked_data(model: Module, x, y, **settings) -> tuple:
     """``(x, y)`` as host arrays after every check of :func:`fit`'s arguments (see there)."""
+    if not isinstance(model, Module):
+        raise TypeError(f"fit: model must be a minitspeft Module, got {type(model).__name__}")
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"fit: x {x.shape} and y {y.shape} must hold the same number (> 0) of examples")

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import minitspeft as mt
+import minitspeft.io
+import minitspeft.optim
 from minitspeft import functional as F
 from minitspeft import nn, ops
 from minitspeft.optim import SGD, AdamW, clip_grad_norm
@@ -45,6 +47,35 @@ def _stale_graph():
     y = (a * a).sum()
     a.data = a.data * 2
     y.backward()
+
+
+def _shape_mismatch_step():
+    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
+    a.grad, b.grad = np.ones(2), np.ones(3)
+    AdamW([a, b]).step()
+
+
+def _wrong_grad_shape():
+    a = mt.Tensor(np.ones(2), requires_grad=True)
+    a.grad = np.ones(3)
+    (a * 2).sum().backward()
+
+
+def _rule_returning_none():
+    a = mt.Tensor(np.ones(2), requires_grad=True)
+    mt.Tensor.from_op(a.data * 2, (a,), lambda g: None, "double").sum().backward()
+
+
+def _onto_a_file(tmp_path):
+    (tmp_path / "afile").write_text("")
+    get_peft_model(_vit(), LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(tmp_path / "afile"))
+
+
+def _gate(**kw):
+    from minitspeft.peft import gated_update
+
+    b = mt.Tensor(np.ones((2, 3)))
+    return gated_update(b, b, kw.pop("tau", nn.Parameter(np.array(0.5))), **kw)
 
 
 # (what you give, the exception, a pattern of its message); the README's Troubleshooting table lists them
@@ -94,6 +125,46 @@ CASES = {
                                       ValueError, "matches no layer"),
     "dropout p = 1": (lambda t: nn.Dropout(1.0), ValueError, r"Dropout: p must be in \[0, 1\)"),
     "a Linear of width 0": (lambda t: nn.Linear(0, 2), ValueError, "Linear: in_features must be"),
+    "a gradient of the wrong shape in a step": (lambda t: _shape_mismatch_step(), ValueError,
+                                                r"parameter 1 has shape \(2,\) but its gradient \(3,\)"),
+    "an unknown optimiser group setting": (lambda t: AdamW([{"params": [_param()], "lrr": 1.0}]), ValueError,
+                                           r"unknown settings \['lrr'\]"),
+    "a model where its parameters belong": (lambda t: AdamW(nn.Linear(2, 2)), TypeError,
+                                            "params must be an iterable"),
+    "None as the model": (lambda t: get_peft_model(None, LoraConfig()), TypeError, "model must be a minitspeft Module"),
+    "None as the config": (lambda t: nn.Transformer(None), TypeError, "config must be a TransformerConfig"),
+    "a Tensor plus None": (lambda t: mt.Tensor(np.ones(2)) + None, TypeError, "add: cannot combine"),
+    "a tensor of strings": (lambda t: mt.Tensor("abc"), TypeError, "data must be numbers"),
+    "from_op without a backward rule": (lambda t: mt.Tensor.from_op(np.ones(2), (), None, "op"), TypeError,
+                                        "backward must be callable"),
+    "a backward rule that returns None": (lambda t: _rule_returning_none(), RuntimeError,
+                                          "backward of 'double': the rule must return a tuple"),
+    "a hand-set .grad of the wrong shape": (lambda t: _wrong_grad_shape(), RuntimeError, r"\.grad of shape \(3,\)"),
+    "a negative gate temperature": (lambda t: _gate(temperature=-1.0), ValueError,
+                                    "gated_update: temperature must be > 0"),
+    "a NaN threshold": (lambda t: _gate(tau=nn.Parameter(np.array(np.nan))), ValueError, "tau is nan"),
+    "softmax over an empty axis": (lambda t: F.softmax(mt.Tensor(np.ones((2, 0)))), ValueError, "is empty"),
+    "softmax over an axis out of range": (lambda t: F.softmax(mt.Tensor(np.ones(2)), axis=3), ValueError,
+                                          "softmax: axis 3 is out of range"),
+    "a linear bias of the wrong shape": (lambda t: F.linear(mt.Tensor(np.ones((2, 3))), mt.Tensor(np.ones((4, 3))),
+                                                            mt.Tensor(np.ones(3))), ValueError, "linear: bias shape"),
+    "a float in a shape": (lambda t: mt.Tensor(np.ones(6)).reshape(2.0, 3), TypeError, "reshape: the shape"),
+    "a string dropout probability": (lambda t: F.dropout(mt.Tensor(np.ones(2)), "0.5"), ValueError, "dropout: p"),
+    "a string seed for generate": (lambda t: _lm().generate(np.array([[1]]), 2, seed="a"), ValueError,
+                                   "generate: seed"),
+    "None as a path": (lambda t: mt.io.load_arrays(None), TypeError, "load_arrays: path must be"),
+    "save_pretrained onto a file": (_onto_a_file, NotADirectoryError, "is not a folder"),
+    "a schedule factor past 1": (lambda t: mt.optim.warmup_cosine(5, 10, 0, min_factor=2.0), ValueError,
+                                 "min_factor"),
+    "a NaN learning-rate factor": (lambda t: mt.optim.set_lr_factor(AdamW([_param()]), float("nan")), ValueError,
+                                   "set_lr_factor: factor"),
+    "a NaN lower bound": (lambda t: nn.Parameter(np.ones(1), lower_bound=float("nan")), ValueError,
+                          "Parameter: lower_bound"),
+    "a 1-d embedding table": (lambda t: F.embedding(np.array([0]), mt.Tensor(np.ones(3))), ValueError,
+                              "embedding: weight must be"),
+    "a float ignore_index": (lambda t: F.cross_entropy(mt.Tensor(np.ones((2, 3))), np.array([0, 1]),
+                                                       ignore_index=1.5), ValueError, "ignore_index"),
+    "a negative LayerNorm eps": (lambda t: nn.LayerNorm(3, eps=-1.0), ValueError, "LayerNorm: eps"),
 }
 
 

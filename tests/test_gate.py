@@ -245,3 +245,22 @@ def test_the_regulariser_after_an_empty_batch_is_zero():
     pm = get_peft_model(vit, LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig(sparsity_weight=1.0))
     pm(np.zeros((0, 4, 4)))
     assert float(pm.sparsity_loss().data) == 0.0
+
+
+def test_tiny_inputs_with_a_tiny_eps_keep_every_gradient_finite():
+    """b, d ~ 1e-30 with eps = 1e-35 (float32): (||b|| + eps)^2 underflows; the gradient to b stays finite
+    and matches a float64 computation of the same numbers."""
+    from minitspeft.peft import gated_update
+
+    rng = np.random.default_rng(3)
+    b0, d0 = rng.normal(size=(3, 4)) * 1e-30, rng.normal(size=(3, 4)) * 1e-30
+    grads = []
+    for dtype in (np.float32, np.float64):
+        b = mt.Tensor(b0.astype(dtype), requires_grad=True)
+        d = mt.Tensor(d0.astype(dtype), requires_grad=True)
+        tau = Parameter(np.array(0.5, dtype))
+        out, S, _ = gated_update(b, d, tau, eps=1e-35)
+        (S * mt.Tensor(np.arange(1.0, 4.0).astype(dtype))).sum().backward()
+        grads.append(b.grad.astype(np.float64))
+    assert np.isfinite(grads[0]).all()
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4)

@@ -833,3 +833,18 @@ def test_check_grad_refuses_non_float64_and_catches_in_place_changes_and_a_wrong
         check_grad(lambda t: t.tanh(), x, oracle=anp.sin)
     with pytest.raises(AssertionError):
         check_grad(sneaky, x)
+
+
+def test_one_no_grad_object_entered_twice_restores_grad_mode():
+    cm = mt.no_grad()
+    with cm:
+        with cm:
+            assert not mt.is_grad_enabled()
+        assert not mt.is_grad_enabled()
+    assert mt.is_grad_enabled()
+
+
+def test_a_nan_norm_keeps_a_nan_gradient():
+    x = Tensor(np.array([np.nan, 1.0]), requires_grad=True)
+    x.norm().backward()
+    assert np.isnan(x.grad).all()

@@ -209,3 +209,18 @@ def test_an_interrupted_save_pretrained_loads_the_old_adapter_or_the_new_one(tmp
     assert loaded.peft_config.lora_alpha == want.peft_config.lora_alpha
     x = _images()
     np.testing.assert_array_equal(loaded(x).data, want.eval()(x).data)
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan")])
+def test_a_saved_threshold_that_is_negative_or_nan_is_refused(tmp_path, value):
+    pm = get_peft_model(_vit(), LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig())
+    pm.save_pretrained(str(tmp_path))
+    weights = str(tmp_path / "adapter_model.npz")
+    arrays, record = load_arrays(weights)
+    arrays["blocks.0.attn.q_proj.gate.tau"] = np.array(value, np.float32)
+    save_npz(weights, arrays, record)
+    base = _vit()
+    before = base.state_dict()
+    with pytest.raises(ValueError, match="non-finite or out-of-bound"):
+        PeftModel.from_pretrained(base, str(tmp_path))
+    _unchanged(base, before)

@@ -369,3 +369,55 @@ def test_a_checkpoint_whose_record_is_not_an_object_is_refused(tmp_path):
     save_arrays(str(tmp_path / CHECKPOINT), arrays, ["not", "an", "object"])
     with pytest.raises(ValueError, match="holds no record"):
         fit(_model(), x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
+
+
+def test_clip_grad_norm_is_right_at_any_magnitude_and_takes_one_parameter():
+    p = nn.Parameter(np.ones(2, np.float32))
+    p.grad = np.array([1e30, 1e30], np.float32)  # the squares overflow float32
+    assert clip_grad_norm([p], 1.0) == pytest.approx(np.sqrt(2) * 1e30, rel=1e-6)
+    np.testing.assert_allclose(p.grad, [2 ** -0.5] * 2, rtol=1e-5)
+    p.grad = np.array([3e-30, 4e-30], np.float32)  # the squares underflow
+    assert clip_grad_norm(p, 1.0) == pytest.approx(5e-30, rel=1e-6)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda a, m: a.pop(next(k for k in a if k.endswith(".m"))), "does not fit"),
+    (lambda a, m: m["optim"].update(step_count=-3), "does not fit"),
+    (lambda a, m: a.update({k: a[k] * np.nan for k in list(a)[:1]}), "not finite"),
+    (lambda a, m: a.update({k: a[k].astype(np.int64) for k in a if "lora_A" in k}), "not finite floating point"),
+    (lambda a, m: a.update({k: a[k] - 5.0 for k in a if k.endswith("gate.tau")}), "below its lower bound"),
+])
+def test_a_damaged_checkpoint_is_refused_before_the_model_changes(tmp_path, damage, needle):
+    from minitspeft.io import load_arrays, save_arrays
+
+    x, y = toy_images()
+    fit(_gated(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    arrays, meta = load_arrays(str(tmp_path / CHECKPOINT))
+    damage(arrays, meta)
+    save_arrays(str(tmp_path / CHECKPOINT), arrays, meta)
+    model = _gated()
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=needle):
+        fit(model, x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_resume_on_another_base_model_of_the_same_shape_is_refused(tmp_path):
+    x, y = toy_images()
+    fit(_gated(), x, y, **KW, checkpoint_dir=str(tmp_path))
+    other = _gated()
+    other.base_model.blocks[0].attn.k_proj.weight.data = other.base_model.blocks[0].attn.k_proj.weight.data + 1.0
+    with pytest.raises(ValueError, match="frozen_weights"):
+        fit(other, x, y, **KW, checkpoint_dir=str(tmp_path), resume=True)
+
+
+def test_an_optimiser_refuses_the_state_of_another_kind():
+    p = nn.Parameter(np.ones(2))
+    adam = AdamW([p])
+    p.grad = np.ones(2)
+    adam.step()
+    with pytest.raises(ValueError, match="load_state_dict"):
+        SGD([nn.Parameter(np.ones(2))], momentum=0.9).load_state_dict(*adam.state_dict())
+    with pytest.raises(TypeError, match="expected"):
+        AdamW([nn.Parameter(np.ones(2))]).load_state_dict({}, None)

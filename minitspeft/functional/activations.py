@@ -10,10 +10,19 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from ..checks import is_int
 from ..extend import tensor_input
 from ..tensor import Tensor
 
 __all__ = ["softmax", "log_softmax", "gelu"]
+
+
+def _check_axis(op: str, x: Tensor, axis) -> None:
+    """``axis`` an integer in ``[-ndim, ndim)`` naming a non-empty axis of ``x``."""
+    if not is_int(axis) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{op}: axis {axis!r} is out of range for a tensor of shape {x.shape}")
+    if x.shape[axis] == 0:
+        raise ValueError(f"{op}: axis {axis} of shape {x.shape} is empty; there is nothing to normalise over")
 
 
 @tensor_input
@@ -23,6 +32,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     Backward (derived here from ``y = e^x / sum e^x``):
     ``dx = y * (g - sum(g * y, axis))``.
     """
+    _check_axis("softmax", x, axis)
     xp = backend.xp
     shifted = x.data - x.data.max(axis=axis, keepdims=True)
     e = xp.exp(shifted)
@@ -47,6 +57,7 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
     Backward: ``dx = g - softmax(x) * sum(g, axis)``.
     """
+    _check_axis("log_softmax", x, axis)
     xp = backend.xp
     out = log_softmax_array(x.data, axis)
 

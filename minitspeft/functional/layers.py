@@ -105,6 +105,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     require_tensor("linear", "weight", weight)
     if bias is not None:
         require_tensor("linear", "bias", bias)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(f"linear: bias shape {bias.shape} does not match weight shape {weight.shape} (out, in)")
     if weight.ndim != 2 or x.shape[-1:] != weight.shape[1:]:
         raise ValueError(f"linear: input shape {x.shape} does not match weight shape {weight.shape} (out, in)")
     lead = x.shape[:-1]
@@ -133,8 +135,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     Identity when ``training`` is false or ``p == 0``. The mask is drawn on
     the host from ``backend.host_rng()``. Raises ``ValueError`` unless ``0 <= p < 1``.
     """
-    if not 0 <= p < 1:
-        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    check_number("dropout", "p", p, 0, 1, high_open=True)
     if not training or p == 0:
         return x
     keep = backend.host_rng().random(x.shape) >= p
@@ -153,6 +154,8 @@ def embedding(ids, weight: Tensor) -> Tensor:
     """
     xp = backend.xp
     require_tensor("embedding", "weight", weight)
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be (num_embeddings, dim), got shape {weight.shape}")
     idx = ids.data if isinstance(ids, Tensor) else xp.asarray(ids)
     if idx.dtype.kind not in "iu":
         raise ValueError(f"embedding: ids must be integers, got dtype {idx.dtype}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import backend
+from ..checks import is_int
 from ..extend import tensor_input
 from ..tensor import Tensor
 from .activations import log_softmax_array
@@ -16,6 +17,8 @@ def _checked_targets(logits: Tensor, targets, reduction: str, ignore_index: int,
     if logits.ndim == 0:
         raise ValueError("cross_entropy: logits must be (..., C) with at least one axis, got a 0-d tensor")
     t = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
+    if not is_int(ignore_index):
+        raise ValueError(f"cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
     if reduction not in ("mean", "sum", "none"):

@@ -11,7 +11,7 @@ import contextlib
 from collections import OrderedDict
 
 from .. import backend
-from ..checks import is_int
+from ..checks import check, is_int, is_number
 from ..tensor import Tensor
 
 
@@ -27,6 +27,8 @@ class Parameter(Tensor):
 
     def __init__(self, data, requires_grad: bool = True, lower_bound: float | None = None):
         super().__init__(data.data if isinstance(data, Tensor) else data)
+        if lower_bound is not None:
+            check(is_number(lower_bound), "Parameter", "lower_bound", lower_bound, "a finite number or None")
         self.lower_bound = lower_bound
         self.requires_grad_(requires_grad)
 
@@ -166,6 +168,9 @@ class Module:
             ValueError: listing every missing, unexpected and wrong-shaped key
                 at once; nothing is changed when it is raised.
         """
+        if not hasattr(state, "items"):
+            raise TypeError(f"load_state_dict ({type(self).__name__}): state must be a dict of arrays, got "
+                            f"{type(state).__name__}")
         params = dict(self.named_parameters())
         state = {k: backend.asarray(v.data if isinstance(v, Tensor) else v) for k, v in state.items()}
         bad = [f"{k} ({v.dtype})" for k, v in state.items() if v.dtype.kind not in "fiu"]

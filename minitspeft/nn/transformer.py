@@ -80,6 +80,17 @@ class TransformerConfig(Config):
         check(isinstance(self.causal, bool), n, "causal", self.causal, "a bool")
 
 
+def check_config(op: str, config) -> None:
+    """``config`` is a valid :class:`TransformerConfig` (checked again: dataclass fields can be reassigned).
+
+    Raises:
+        TypeError: for anything else; ValueError: from :meth:`TransformerConfig.validate`.
+    """
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"{op}: config must be a TransformerConfig, got {type(config).__name__}")
+    config.validate()
+
+
 class MLP(Module):
     """``fc2(gelu(fc1(x)))`` with hidden width ``mlp_ratio * n_embd``; input and output ``(..., n_embd)``."""
 
@@ -152,7 +163,7 @@ class Transformer(_Trunk):
     """
 
     def __init__(self, config: TransformerConfig, dtype=None):
-        config.validate()
+        check_config("Transformer", config)
         c = self.config = config
         self.tok_emb = Embedding(c.vocab_size, c.n_embd, dtype=dtype)
         self.pos_emb = Embedding(c.block_size, c.n_embd, dtype=dtype)
@@ -221,6 +232,8 @@ class Transformer(_Trunk):
         out = backend.to_numpy(self.check_ids(idx)).astype(np.int64)
         if out.shape[1] == 0:
             raise ValueError("generate: idx must hold at least one token per row")
+        if seed is not None:
+            check_int("generate", "seed", seed, 0)
         rng = np.random.default_rng(seed)
         with self.eval_mode():
             for _ in range(max_new_tokens):

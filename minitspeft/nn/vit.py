@@ -7,7 +7,7 @@ from ..ops import broadcast_to, concat
 from ..tensor import Tensor
 from .layers import Dropout, Embedding, LayerNorm, Linear
 from .module import ModuleList, Parameter
-from .transformer import Block, TransformerConfig, _Trunk
+from .transformer import Block, TransformerConfig, _Trunk, check_config
 
 
 class ViT(_Trunk):
@@ -34,7 +34,7 @@ class ViT(_Trunk):
 
     def __init__(self, config: TransformerConfig, patch_size: int = 2, image_size: int = 8,
                  channels: int = 1, dtype=None):
-        config.validate()
+        check_config("ViT", config)
         if config.n_classes is None:
             raise ValueError("ViT: config.n_classes must be set for an image classifier")
         if patch_size < 1 or image_size % patch_size:

@@ -88,6 +88,8 @@ def _saved_modules(modules: dict, names) -> list:
 
 def _check_request(model: Module, config, gate) -> tuple:
     """``(modules, targets, saved)`` after every check of :func:`inject_adapter_in_model` (see there)."""
+    if not isinstance(model, Module):
+        raise TypeError(f"get_peft_model: model must be a minitspeft Module, got {type(model).__name__}")
     if not isinstance(config, (LoraConfig, AdapterConfig)):
         raise TypeError(f"get_peft_model: config must be a LoraConfig or AdapterConfig, got {type(config).__name__}")
     if gate is not None and not isinstance(gate, GateConfig):

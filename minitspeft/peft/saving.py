@@ -40,6 +40,10 @@ def save_adapter(peft_model, directory: str) -> None:
     if not any(True for _ in peft_model.peft_layers()):
         raise ValueError("save_pretrained: the model holds no adapters (merge_and_unload() or unload() removed "
                          "them); save the base model's state_dict instead")
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"save_pretrained: directory must be a str or os.PathLike, got {type(directory).__name__}")
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"save_pretrained: {directory!r} exists and is not a folder")
     os.makedirs(directory, exist_ok=True)
     record = adapter_record(peft_model)
     save_npz(os.path.join(directory, WEIGHTS_NAME), peft_model.adapter_state_dict(), record)
@@ -48,6 +52,8 @@ def save_adapter(peft_model, directory: str) -> None:
 
 def _read_unit(directory: str) -> tuple:
     """``(arrays, record)`` of a saved adapter; the record inside the ``.npz`` wins over the JSON copy."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"from_pretrained: directory must be a str or os.PathLike, got {type(directory).__name__}")
     weights, side_path = os.path.join(directory, WEIGHTS_NAME), os.path.join(directory, CONFIG_NAME)
     if not os.path.exists(weights):
         raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} in {directory!r}")
