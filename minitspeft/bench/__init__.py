@@ -1,0 +1,10 @@
+"""``python -m minitspeft.bench``: step time and memory of a LoRA / TS-LoRA training step.
+
+- :mod:`~minitspeft.bench.config`: the configurations (``bench-small``, ``tiny``);
+- :mod:`~minitspeft.bench.steps`: the step in minitspeft's public API, and forced gate densities;
+- :mod:`~minitspeft.bench.measure`: timing and peak memory, each case in a fresh process;
+- :mod:`~minitspeft.bench.__main__`: the command line, the tables and the JSON.
+
+Speed numbers live here, never in timed tests; the test suite runs the
+``tiny`` configuration once as a smoke test.
+"""

@@ -1,0 +1,50 @@
+"""The benchmark's configurations and the names of what it runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+IMPLS = ("minitspeft", "torch", "autograd")
+VARIANTS = ("lora", "ts-lora")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark model and step (all three implementations build exactly this).
+
+    A pre-LayerNorm encoder (tanh GELU, mean pooling, ``n_classes`` outputs),
+    float32, frozen, with LoRA (``r``, ``lora_alpha``) on q, k, v, o, fc1 and
+    fc2 of every block; ``ts-lora`` gates each update (sigmoid surrogate,
+    ``temperature``, ``tau_init``). One step is forward, cross-entropy (plus
+    ``sparsity_weight * mean(S)`` for ``ts-lora``), backward and an AdamW
+    update (``lr``) of the trainable parameters.
+    """
+
+    vocab_size: int = 64
+    seq_len: int = 64
+    batch_size: int = 32
+    n_embd: int = 128
+    n_head: int = 4
+    n_layer: int = 4
+    mlp_ratio: int = 4
+    n_classes: int = 10
+    r: int = 8
+    lora_alpha: float = 16.0
+    temperature: float = 0.1
+    tau_init: float = 0.0
+    sparsity_weight: float = 0.01
+    lr: float = 1e-3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CONFIGS = {
+    "bench-small": BenchConfig(),
+    "tiny": BenchConfig(vocab_size=16, seq_len=8, batch_size=4, n_embd=16, n_head=2, n_layer=1, r=2),
+}
+
+
+def scaled(config: BenchConfig, **changes) -> BenchConfig:
+    """A copy of ``config`` with some sizes changed (for the scaling table)."""
+    return replace(config, **changes)

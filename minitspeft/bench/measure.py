@@ -1,0 +1,69 @@
+"""Timing and memory of one benchmark case, each in a fresh process so that peak memory is its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from .. import backend
+
+
+def _rss_mb() -> float:
+    """The current resident memory of this process in MB (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def time_case(run, warmup: int, steps: int) -> dict:
+    """``{"median_ms", "all_ms", "peak_mb"}`` for ``steps`` calls of ``run`` after ``warmup`` calls.
+
+    ``peak_mb`` is the growth of the process's peak resident memory over its
+    resident memory before the first call (the model already built).
+    """
+    baseline = _rss_mb()
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - start) * 1e3)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    return {"median_ms": statistics.median(times), "all_ms": times, "peak_mb": max(0.0, peak - baseline)}
+
+
+def worker(case: dict) -> dict:
+    """Build and time one case (called in the child process): ``case`` holds ``impl``, ``variant``,
+    ``config`` (a dict), ``density``, ``forward_only``, ``warmup``, ``steps``, ``threads``."""
+    from .config import BenchConfig  # noqa: PLC0415
+    from .steps import density as measured_density  # noqa: PLC0415
+    from .steps import minitspeft_step  # noqa: PLC0415
+
+    config = BenchConfig(**case["config"])
+    with backend.blas_threads(case["threads"]):
+        run, model = minitspeft_step(config, case["variant"], case["density"], case["forward_only"])
+        result = time_case(run, case["warmup"], case["steps"])
+        result["density"] = measured_density(model)
+    return result
+
+
+def run_in_child(case: dict, timeout: float = 1800) -> dict:
+    """Run :func:`worker` for ``case`` in a fresh Python process; return its result dict.
+
+    Raises:
+        RuntimeError: if the child fails (its last error line is included).
+    """
+    proc = subprocess.run([sys.executable, "-m", "minitspeft.bench", "--worker", json.dumps(case)],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench: the {case['impl']} {case['variant']} case failed: "
+                           f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
