@@ -158,13 +158,18 @@ def test_fit_refuses_a_frozen_model(tmp_path):
 @pytest.mark.parametrize("bad", [np.zeros((2, 16), dtype=np.int64), np.zeros((2, 16), dtype=complex)])
 def test_a_weight_of_the_wrong_dtype_is_refused_and_the_base_model_is_left_unwrapped(tmp_path, bad):
     _trained("lora").save_pretrained(str(tmp_path))
+    _refused_after_replacing(tmp_path, "blocks.0.attn.q_proj.lora_A.weight", bad, "non-float dtypes")
+
+
+def _refused_after_replacing(tmp_path, name, value, needle):
+    """Replace one saved array (inside the unit, record kept); loading is refused and changes nothing."""
     weights = str(tmp_path / "adapter_model.npz")
     arrays, record = load_arrays(weights)
-    arrays["blocks.0.attn.q_proj.lora_A.weight"] = bad
+    arrays[name] = value
     save_npz(weights, arrays, record)
     base = _vit()
     before = base.state_dict()
-    with pytest.raises(ValueError, match="non-float dtypes"):
+    with pytest.raises(ValueError, match=needle):
         PeftModel.from_pretrained(base, str(tmp_path))
     _unchanged(base, before)
 
@@ -215,12 +220,5 @@ def test_an_interrupted_save_pretrained_loads_the_old_adapter_or_the_new_one(tmp
 def test_a_saved_threshold_that_is_negative_or_nan_is_refused(tmp_path, value):
     pm = get_peft_model(_vit(), LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig())
     pm.save_pretrained(str(tmp_path))
-    weights = str(tmp_path / "adapter_model.npz")
-    arrays, record = load_arrays(weights)
-    arrays["blocks.0.attn.q_proj.gate.tau"] = np.array(value, np.float32)
-    save_npz(weights, arrays, record)
-    base = _vit()
-    before = base.state_dict()
-    with pytest.raises(ValueError, match="non-finite or out-of-bound"):
-        PeftModel.from_pretrained(base, str(tmp_path))
-    _unchanged(base, before)
+    _refused_after_replacing(tmp_path, "blocks.0.attn.q_proj.gate.tau", np.array(value, np.float32),
+                             "non-finite or out-of-bound")
