@@ -19,7 +19,8 @@ def test_bench_tiny_writes_its_tables_and_json(tmp_path):
     assert data["config"] == config.CONFIGS["tiny"].to_dict()
     steps = [r for r in data["results"] if r["table"] == "step"]
     assert [(r["impl"], r["variant"]) for r in steps] == [("minitspeft", "lora"), ("minitspeft", "ts-lora")]
-    assert all(r["median_ms"] > 0 and r["peak_mb"] >= 0 and len(r["all_ms"]) == 2 for r in data["results"])
+    assert all(r["median_ms"] > 0 and r["peak_mb"] >= 0 and r["minor_faults_per_step"] >= 0 and len(r["all_ms"]) == 2
+               for r in data["results"])
     forced = [r["density"] for r in data["results"] if r["table"] == "density" and not r["forward_only"]]
     assert forced[0] == 1.0 and forced[0] > forced[1] > forced[2]  # the forced densities take effect
 

@@ -57,9 +57,9 @@ def cases(args) -> list:
 
 def report(results: list) -> str:
     """The text tables of a run."""
-    rows = [[r["impl"], r["variant"], f"{r['median_ms']:.1f}", f"{r['peak_mb']:.0f}"]
-            for r in results if r["table"] == "step"]
-    text = [format_table(["impl", "variant", "median ms/step", "peak MB"], rows)]
+    rows = [[r["impl"], r["variant"], f"{r['median_ms']:.1f}", f"{r['peak_mb']:.0f}",
+             f"{r['minor_faults_per_step']:,.0f}"] for r in results if r["table"] == "step"]
+    text = [format_table(["impl", "variant", "median ms/step", "peak MB", "page faults/step"], rows)]
     dens = [[("forward" if r["forward_only"] else "step"), f"{r['density']:.2f}", f"{r['median_ms']:.1f}"]
             for r in results if r["table"] == "density"]
     if dens:
