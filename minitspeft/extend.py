@@ -129,10 +129,7 @@ def binary_op(name: str, a, b, forward, grad_a, grad_b) -> Tensor:
         ValueError: naming ``name`` when the shapes do not broadcast.
         TypeError: naming ``name`` for an operand that is not a Tensor, a number or an array of numbers.
     """
-    for side in (a, b):
-        if not isinstance(side, Tensor) and not hasattr(side, "dtype") and not isinstance(side, (int, float, list)):
-            raise TypeError(f"{name}: cannot combine a Tensor with {type(side).__name__}")
-    try:
+    try:  # a non-numeric operand (None, a string) fails in Tensor(): name the op instead
         a, b = as_pair(a, b)
     except TypeError:
         raise TypeError(f"{name}: cannot combine a Tensor with {type(b if isinstance(a, Tensor) else a).__name__}") \

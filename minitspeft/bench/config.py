@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-IMPLS = ("minitspeft", "torch", "autograd")
 VARIANTS = ("lora", "ts-lora")
 
 
