@@ -5,12 +5,15 @@ decides per token whether the update is applied. Start with
 ``python -m minitspeft.demo`` and the README.
 """
 
+from . import memory
 from .backend import get_backend, manual_seed, set_backend, to_numpy
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from . import ops, reductions  # noqa: F401 - importing them attaches the operators and methods to Tensor
 from .shape_ops import concat, stack, where
 
 __version__ = "0.1.0"
+
+memory._on_import()  # keep freed array memory for reuse (glibc; MINITSPEFT_KEEP_FREED_MEMORY=0 turns it off)
 
 __all__ = [
     "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
