@@ -203,7 +203,9 @@ class Tensor:
             ValueError: if ``gradient`` has the wrong shape.
         """
         grads = {id(self): self._seed_gradient(gradient)}
+        owned = set()  # keys whose array is a sum made here, which nothing else holds: added to in place
         for node in reversed(_topological_order(self)):
+            owned.discard(id(node))
             g = grads.pop(id(node), None)
             if g is None:
                 continue
@@ -216,8 +218,13 @@ class Tensor:
                 continue
             for parent, pg in node._parent_grads(g):
                 key = id(parent)
-                # out of place: a rule may hand the same array to two parents
-                grads[key] = pg if key not in grads else grads[key] + pg
+                if key not in grads:
+                    grads[key] = pg
+                elif key in owned:
+                    grads[key] += pg
+                else:  # out of place: a rule may hand the same array to two parents
+                    grads[key] = grads[key] + pg
+                    owned.add(key)
 
     def _seed_gradient(self, gradient):
         """The upstream gradient ``backward()`` starts from, checked (see there)."""

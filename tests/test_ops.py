@@ -465,6 +465,20 @@ def test_node_used_on_several_paths_receives_the_sum():
     np.testing.assert_array_equal(y.grad, [3.0, 3.0])
 
 
+def test_in_place_accumulation_never_writes_into_an_array_another_node_holds():
+    """backward() adds a node's third and later gradients in place, into the sum it made itself. Here
+    ``add`` hands one upstream array to both parents, ``reshape`` hands on views of it, and ``h``
+    collects six contributions: a sum written into a shared array would change the other gradients."""
+
+    def fn(x):
+        h = x * 1.0
+        a = h + h  # both parents get the same upstream array
+        b = a.reshape(4).reshape(2, 2) + h + a  # views of a's gradient
+        return a * 3.0 + b * b + h * h.sum()
+
+    check_grad(fn, np.array([[1.0, -2.0], [0.5, 3.0]]))
+
+
 def test_diamond_graph_gradient():
     """Two branches from one node rejoin: checked numerically."""
 
