@@ -25,6 +25,12 @@ def _check_axis(op: str, x: Tensor, axis) -> None:
         raise ValueError(f"{op}: axis {axis} of shape {x.shape} is empty; there is nothing to normalise over")
 
 
+def _floating(data):
+    """``data`` itself when floating, else as float64 (what NumPy's promotion gives integers), so that
+    the in-place steps below have a floating buffer."""
+    return data if data.dtype.kind == "f" else data.astype(backend.xp.float64)
+
+
 @tensor_input
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """Softmax along ``axis``, shifted by the maximum so large logits never overflow.
@@ -34,12 +40,16 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """
     _check_axis("softmax", x, axis)
     xp = backend.xp
-    shifted = x.data - x.data.max(axis=axis, keepdims=True)
-    e = xp.exp(shifted)
-    y = e / e.sum(axis=axis, keepdims=True)
+    data = _floating(x.data)
+    y = data - data.max(axis=axis, keepdims=True)  # shifted, then exponentiated and normalised in place
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
 
     def backward(g):
-        return (y * (g - (g * y).sum(axis=axis, keepdims=True)),)
+        dx = g * y
+        dx = xp.subtract(g, dx.sum(axis=axis, keepdims=True), out=dx)
+        dx *= y
+        return (dx,)
 
     return Tensor.from_op(y, (x,), backward, "softmax")
 
@@ -81,17 +91,36 @@ def gelu(x: Tensor) -> Tensor:
     (1 for large positive ``x``, 0 for large negative).
     """
     xp = backend.xp
-    d = x.data
+    d = _floating(x.data)
+    # written in place: a 2048x512 activation is 4 MB, and each temporary is a fresh page-faulted array
     with backend.quiet_overflow():  # x^3 overflows past ~7e12 in float32; tanh(+-inf) is the right limit
-        x2 = d * d
-        t = xp.tanh(_GELU_K * (d + 0.044715 * x2 * d))
-    out = 0.5 * d * (1 + t)
+        t = d * d
+        t *= 0.044715
+        t *= d
+        t += d
+        t *= _GELU_K
+        xp.tanh(t, out=t)  # t = tanh(k (x + 0.044715 x^3))
+    out = t + 1
+    out *= 0.5  # before d: 2 x would overflow where 0.5 (1 + t) x does not
+    out *= d
 
     def backward(g):
         # past |x| = 100, t is exactly +-1 and the second term exactly 0: clipping x there keeps
         # inf * 0 (x^2 overflows past ~1.8e19 in float32) out of it and changes nothing below
         dc = xp.clip(d, -_GELU_FLAT, _GELU_FLAT)
-        local = 0.5 * (1 + t) + 0.5 * dc * (1 - t * t) * _GELU_K * (1 + 3 * 0.044715 * (dc * dc))
-        return (g * local,)
+        local = dc * 0.5
+        tmp = t * t
+        xp.subtract(1, tmp, out=tmp)
+        local *= tmp
+        local *= _GELU_K  # 0.5 dc (1 - t^2) k
+        xp.multiply(dc, dc, out=tmp)
+        tmp *= 3 * 0.044715
+        tmp += 1
+        local *= tmp
+        xp.add(t, 1, out=tmp)
+        tmp *= 0.5
+        local += tmp
+        local *= g
+        return (local,)
 
     return Tensor.from_op(out, (x,), backward, "gelu")

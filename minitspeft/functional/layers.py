@@ -113,7 +113,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     x2 = x.data.reshape(-1, weight.shape[1])  # (N, in)
     out = x2 @ weight.data.T
     if bias is not None:
-        out = out + bias.data
+        out += bias.data  # in place: ``out`` is new
     out = out.reshape(*lead, weight.shape[0])
     parents = (x, weight) if bias is None else (x, weight, bias)
 
