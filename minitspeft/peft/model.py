@@ -49,6 +49,10 @@ class PeftModel(Module):
         return ("ts-" if self.gate_config is not None else "") + self.peft_config.method
 
     def forward(self, *args, **kwargs):
+        """The base model's forward, with the adapters (and gates) in it. Each gate's ``last_S`` of the
+        previous pass (and the graph it holds) is let go first, so two graphs are never alive at once."""
+        for _, gate in self.gates():
+            gate.last_S = None
         return self.base_model(*args, **kwargs)
 
     # ------------------------------------------------------------ adapters
