@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
+import pytest
+
 from minitspeft.bench import config
+from minitspeft.bench.__main__ import TWINS, add_ratios, build_parser, cases, report
 
 
 def test_bench_tiny_writes_its_tables_and_json(tmp_path):
@@ -18,7 +22,12 @@ def test_bench_tiny_writes_its_tables_and_json(tmp_path):
     data = json.loads(out.read_text())
     assert data["config"] == config.CONFIGS["tiny"].to_dict()
     steps = [r for r in data["results"] if r["table"] == "step"]
-    assert [(r["impl"], r["variant"]) for r in steps] == [("minitspeft", "lora"), ("minitspeft", "ts-lora")]
+    twins = [t for t in TWINS if importlib.util.find_spec(t) is not None]  # autograd is a test extra, torch not
+    impls = ["minitspeft", *twins]
+    assert [(r["impl"], r["variant"]) for r in steps] == [(i, v) for i in impls for v in config.VARIANTS]
+    assert all(r["x_minitspeft"] > 0 for r in steps) and ("x minitspeft" in proc.stdout) == bool(twins)
+    gated = {r["impl"]: r["density"] for r in steps if r["variant"] == "ts-lora"}
+    assert all(d == gated["minitspeft"] for d in gated.values())  # the twins' gates open as minitspeft's
     assert all(r["median_ms"] > 0 and r["peak_mb"] >= 0 and r["minor_faults_per_step"] >= 0 and len(r["all_ms"]) == 2
                for r in data["results"])
     forced = [r["density"] for r in data["results"] if r["table"] == "density" and not r["forward_only"]]
@@ -29,3 +38,20 @@ def test_bench_refuses_bad_counts():
     proc = subprocess.run([sys.executable, "-m", "minitspeft.bench", "--steps", "0"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "--steps must be >= 1" in proc.stderr
+
+
+def test_no_twins_leaves_only_the_minitspeft_steps():
+    run = cases(build_parser().parse_args(["--config", "tiny", "--no-twins", "--no-densities"]))
+    assert [(c["impl"], c["variant"]) for c in run] == [("minitspeft", v) for v in config.VARIANTS]
+
+
+def test_the_ratios_divide_by_the_same_variant():
+    rows = [{"table": "step", "impl": i, "variant": v, "median_ms": ms, "peak_mb": 1.0, "minor_faults_per_step": 0}
+            for i, v, ms in [("minitspeft", "lora", 6.0), ("torch", "lora", 2.0), ("autograd", "lora", 12.0),
+                             ("minitspeft", "ts-lora", 8.0)]]
+    add_ratios(rows)
+    assert [(r["x_torch"], r["x_minitspeft"]) for r in rows] == [(3.0, 1.0), (1.0, pytest.approx(1 / 3)),
+                                                                 (6.0, 2.0), (None, 1.0)]
+    lines = report(rows).splitlines()  # header, rule, then one line per row
+    assert lines[0].split()[-4:] == ["x", "torch", "x", "minitspeft"]
+    assert lines[2].split()[-2:] == ["3.00", "1.00"] and lines[5].split()[-2:] == ["-", "1.00"]

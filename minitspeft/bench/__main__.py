@@ -2,14 +2,17 @@
 
 It runs each case in a fresh process, back to back, and prints the median
 milliseconds per step after warm-up and the growth of peak resident memory:
-the dense LoRA and TS-LoRA training steps, TS-LoRA at forced densities (with
-the inference forward), and with ``--scaling`` the step as the sequence and
-the width double.
+the dense LoRA and TS-LoRA training steps, the same two steps in PyTorch and
+in HIPS autograd where they are installed (the twins, with each step's time
+as a multiple of PyTorch's and of minitspeft's), TS-LoRA at forced densities
+(with the inference forward), and with ``--scaling`` the step as the sequence
+and the width double.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 
@@ -21,6 +24,12 @@ from .config import CONFIGS, VARIANTS, scaled
 from .measure import run_in_child, worker
 
 DENSITIES = (1.0, 0.5, 0.2)
+TWINS = ("torch", "autograd")  # the twins' impl names, each also the module it needs
+
+
+def twins(args) -> list:
+    """The twins to run: those whose library is installed, none with ``--no-twins``."""
+    return [] if args.no_twins else [t for t in TWINS if importlib.util.find_spec(t) is not None]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["numpy", "cupy"], default=backend.get_backend())
     p.add_argument("--scaling", action="store_true", help="also time the step as seq_len and n_embd double")
     p.add_argument("--no-densities", action="store_true", help="skip the forced-density cases")
+    p.add_argument("--no-twins", action="store_true", help="skip the PyTorch and HIPS autograd steps")
     p.add_argument("--json", metavar="PATH", help="write {config, results} to PATH")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
@@ -44,6 +54,8 @@ def cases(args) -> list:
               "backend": args.backend}
     out = [{**common, "variant": v, "config": base.to_dict(), "density": None, "forward_only": False,
             "table": "step"} for v in VARIANTS]
+    out += [{**common, "impl": t, "variant": v, "config": base.to_dict(), "density": None, "forward_only": False,
+             "table": "step"} for t in twins(args) for v in VARIANTS]
     if not args.no_densities:
         for forward_only in (False, True):
             out += [{**common, "variant": "ts-lora", "config": base.to_dict(), "density": d,
@@ -55,11 +67,32 @@ def cases(args) -> list:
     return out
 
 
+def add_ratios(results: list) -> None:
+    """Give each step row ``x_torch`` and ``x_minitspeft``: its median over the median of the torch and of
+    the minitspeft step of the same variant (None where that step was not run)."""
+    step = [r for r in results if r["table"] == "step"]
+    median = {(r["impl"], r["variant"]): r["median_ms"] for r in step}
+    for r in step:
+        for impl in ("torch", "minitspeft"):
+            ref = median.get((impl, r["variant"]))
+            r[f"x_{impl}"] = r["median_ms"] / ref if ref else None
+
+
 def report(results: list) -> str:
-    """The text tables of a run."""
+    """The text tables of a run (step rows with their ratios from :func:`add_ratios`)."""
+    step = [r for r in results if r["table"] == "step"]
+    twinned = any(r["impl"] != "minitspeft" for r in step)
+    header = ["impl", "variant", "median ms/step", "peak MB", "page faults/step"]
     rows = [[r["impl"], r["variant"], f"{r['median_ms']:.1f}", f"{r['peak_mb']:.0f}",
-             f"{r['minor_faults_per_step']:,.0f}"] for r in results if r["table"] == "step"]
-    text = [format_table(["impl", "variant", "median ms/step", "peak MB", "page faults/step"], rows)]
+             f"{r['minor_faults_per_step']:,.0f}"] for r in step]
+    if twinned:
+        header += ["x torch", "x minitspeft"]
+        for row, r in zip(rows, step, strict=True):
+            row += ["-" if r.get(k) is None else f"{r[k]:.2f}" for k in ("x_torch", "x_minitspeft")]
+    text = [format_table(header, rows)]
+    if twinned:
+        text[0] += ("\nx torch, x minitspeft: the median over the median of the torch or the minitspeft step "
+                    "of the same variant (above 1: slower)")
     dens = [[("forward" if r["forward_only"] else "step"), f"{r['density']:.2f}", f"{r['median_ms']:.1f}"]
             for r in results if r["table"] == "density"]
     if dens:
@@ -87,7 +120,9 @@ def main(argv=None) -> int:
         result = run_in_child(case)
         results.append({k: v for k, v in case.items() if k not in ("config",)} | result
                        | {"seq_len": case["config"]["seq_len"], "n_embd": case["config"]["n_embd"]})
-    print(f"minitspeft.bench: config {args.config}, {args.threads} BLAS thread(s), backend {args.backend}\n")
+    add_ratios(results)
+    print(f"minitspeft.bench: config {args.config}, {args.threads} BLAS thread(s), backend {args.backend}, "
+          f"twins: {', '.join(twins(args)) or 'none'}\n")
     print(report(results))
     if args.json:
         with open(args.json, "w") as fh:

@@ -44,18 +44,45 @@ def time_case(run, warmup: int, steps: int) -> dict:
 
 
 def worker(case: dict) -> dict:
-    """Build and time one case (called in the child process): ``case`` holds ``impl``, ``variant``,
-    ``config`` (a dict), ``density``, ``forward_only``, ``warmup``, ``steps``, ``threads``."""
+    """Build and time one case (called in the child process): ``case`` holds ``impl`` (``"minitspeft"``,
+    ``"torch"`` or ``"autograd"``: the twins of :mod:`~minitspeft.bench.torch_twin` and
+    :mod:`~minitspeft.bench.autograd_twin`, imported only here), ``variant``, ``config`` (a dict),
+    ``density``, ``forward_only``, ``warmup``, ``steps``, ``threads``.
+
+    Raises:
+        ValueError: for an unknown ``impl``, or a twin asked for a forced density or a forward alone.
+    """
     from .config import BenchConfig  # noqa: PLC0415
     from .steps import density as measured_density  # noqa: PLC0415
     from .steps import minitspeft_step  # noqa: PLC0415
 
-    config = BenchConfig(**case["config"])
+    config, impl = BenchConfig(**case["config"]), case["impl"]
+    if impl not in ("minitspeft", "torch", "autograd"):
+        raise ValueError(f"bench: unknown impl {impl!r}")
+    if impl != "minitspeft" and (case["density"] is not None or case["forward_only"]):
+        raise ValueError(f"bench: the {impl} twin times the training step only")
     with backend.blas_threads(case["threads"]):
-        run, model = minitspeft_step(config, case["variant"], case["density"], case["forward_only"])
-        result = time_case(run, case["warmup"], case["steps"])
-        result["density"] = measured_density(model)
+        if impl == "minitspeft":
+            run, model = minitspeft_step(config, case["variant"], case["density"], case["forward_only"])
+            result = time_case(run, case["warmup"], case["steps"])
+            result["density"] = measured_density(model)
+        else:
+            run, twin = _twin_step(impl, config, case["variant"], case["threads"])
+            result = time_case(run, case["warmup"], case["steps"])
+            result["density"] = twin.density()
     return result
+
+
+def _twin_step(impl: str, config, variant: str, threads: int) -> tuple:
+    """``(run, twin)`` of the PyTorch (``torch.set_num_threads(threads)``) or HIPS autograd twin."""
+    if impl == "torch":
+        import torch  # noqa: PLC0415
+
+        from . import torch_twin as twin_module  # noqa: PLC0415
+        torch.set_num_threads(threads)
+    else:
+        from . import autograd_twin as twin_module  # noqa: PLC0415
+    return twin_module.step(config, variant)
 
 
 def run_in_child(case: dict, timeout: float = 1800) -> dict:

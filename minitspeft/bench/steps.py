@@ -1,4 +1,5 @@
-"""The benchmark step in minitspeft, through its public API: build once, then time ``step()`` calls."""
+"""The benchmark step in minitspeft, through its public API: build once, then time ``step()`` calls;
+and what its twins copy (:func:`twin_spec`)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,41 @@ def minitspeft_step(config: BenchConfig, variant: str, density: float | None = N
             return train_step(model, opt, ids, y, regularise=regularise)
 
     return run, model
+
+
+def twin_spec(config: BenchConfig, variant: str, model=None) -> dict:
+    """What a twin (PyTorch, HIPS autograd) needs to take the same step from the same state.
+
+    ``model`` is a PeftModel from :func:`build` (built here when None), perhaps changed since. Returns
+    ``arrays`` ``{name: host array}`` (every parameter, copied; names relative to the base model),
+    ``groups`` (per optimiser group of :func:`~minitspeft.train.build_optimizer`: the ``names`` it trains,
+    i.e. those with ``requires_grad``, and its ``lr``, ``betas``, ``eps``, ``weight_decay``), ``bounds``
+    ``{name: lower bound}`` (the thresholds), ``scaling`` (LoRA's), ``gate`` (the GateConfig or None) and
+    the batch ``ids``, ``labels``.
+
+    Raises:
+        NotImplementedError: for what the twins do not build (another gate variant, a regulariser
+            target or bounds, a gate warm-up, DoRA, dropout).
+    """
+    if model is None:
+        model, opt = build(config, variant)
+    else:
+        opt = build_optimizer(model, config.lr)
+    gc, lc = model.gate_config, model.peft_config
+    plain = gc is None or (gc.surrogate == "sigmoid" and gc.score == "ratio" and gc.keep_ratio is None
+                           and gc.target_density is None and gc.warmup_steps == 0
+                           and not (gc.bounds_weight and (gc.density_floor > 0 or gc.density_ceiling < 1)))
+    if not plain or lc.use_dora or lc.lora_dropout or model.base_model.config.dropout:
+        raise NotImplementedError("twin_spec: the twins build only the benchmark's model and gate")
+    names = {id(p): n.removeprefix("base_model.") for n, p in model.named_parameters()}
+    groups = [{"names": [names[id(p)] for p in g["params"] if p.requires_grad],
+               **{k: g[k] for k in ("lr", "betas", "eps", "weight_decay")}} for g in opt.param_groups]
+    ids, labels = batch(config)
+    return {"arrays": {names[id(p)]: backend.to_numpy(p.data).copy() for p in model.parameters()},
+            "groups": [g for g in groups if g["names"]],
+            "bounds": {names[id(p)]: p.lower_bound for p in opt.parameters()
+                       if p.requires_grad and p.lower_bound is not None},
+            "scaling": lc.scaling, "gate": gc, "ids": ids, "labels": labels}
 
 
 def density(model) -> float:
