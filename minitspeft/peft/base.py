@@ -37,8 +37,13 @@ class PeftLayer(Module):
             if self.gate is not None:
                 self.gate.last_S = None  # no gate ran in this pass: the regulariser skips this layer
             return b
-        d = self.delta(x, b)
-        return self.gate(b, d) if self.gate is not None else b + d
+        if self.gate is not None:
+            return self.gated(x, b)
+        return b + self.delta(x, b)
+
+    def gated(self, x: Tensor, b: Tensor) -> Tensor:
+        """``b + S d`` through the layer's gate (a subclass may compute the same more cheaply)."""
+        return self.gate(b, self.delta(x, b))
 
     def merge(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -329,9 +329,16 @@ class TokenGate(Module):
             else:
                 S, t = top_k_step(score, c.keep_ratio, c.surrogate, c.temperature)
             out, s = b + S.reshape(S.shape + (1,)) * d, score.data
-        self.last_S, self.last_score, self._last_threshold = S, s, t.copy()
-        self._count_positions(S.data)
+        self.record(S, s, t)
         return out
+
+    def record(self, S: Tensor, score, threshold) -> None:
+        """Keep a forward's gates ``S`` ``(...)`` (a Tensor), its scores (a backend array of ``S``'s shape)
+        and the threshold (a backend array), and count the open tokens per position. ``forward`` calls
+        it; so does a layer that runs this gate's fused low-rank form
+        (:func:`~minitspeft.peft.low_rank_gate.gated_lora_update`)."""
+        self.last_S, self.last_score, self._last_threshold = S, score, threshold.copy()
+        self._count_positions(S.data)
 
     def _count_positions(self, S) -> None:
         per_pos = S.reshape(-1, S.shape[-1]) if S.ndim >= 2 else S.reshape(-1, 1)  # (N, T)

@@ -15,6 +15,7 @@ from ..nn.module import Parameter
 from ..tensor import Tensor
 from .base import PeftLayer
 from .config import GateConfig, LoraConfig
+from .low_rank_gate import gated_lora_update
 
 
 class LoraLinear(PeftLayer):
@@ -92,6 +93,19 @@ class LoraLinear(PeftLayer):
         scale = self.lora_magnitude_vector * Tensor(1 / self.combined_weight_norm())  # (out,)
         w0x = b - self.base_layer.bias if self.base_layer.bias is not None else b
         return (scale - 1) * w0x + scale * lora
+
+    def gated(self, x: Tensor, b: Tensor) -> Tensor:
+        """The gated update. For the paper's gate on a LoRA (not DoRA) update, the fused low-rank op
+        :func:`~minitspeft.peft.low_rank_gate.gated_lora_update`: the gate is judged from ``u = A x``
+        and ``B u`` is computed for the open tokens only; otherwise the generic ``gate(b, delta(x, b))``."""
+        gate, c = self.gate, self.gate.config
+        if self.use_dora or c.score != "ratio" or c.keep_ratio is not None:
+            return super().gated(x, b)
+        u = self.lora_A(self.lora_dropout(x))
+        out, S, score = gated_lora_update(b, u, self.lora_B.weight, self.scaling, gate.tau, c.surrogate,
+                                          c.temperature, c.eps, c.grad_through_ratio)
+        gate.record(S, score, gate.tau.data.reshape(()))
+        return out
 
     def merge(self) -> None:
         """Fold the update into the base weight (idempotent); keeps an independent copy to unmerge.
