@@ -91,36 +91,43 @@ def gelu(x: Tensor) -> Tensor:
     (1 for large positive ``x``, 0 for large negative).
     """
     xp = backend.xp
-    d = _floating(x.data)
-    # written in place: a 2048x512 activation is 4 MB, and each temporary is a fresh page-faulted array
+    d = _floating(x.data).reshape(-1)  # the steps below run in place, block by block (backend.blocks)
+    t, out = xp.empty_like(d), xp.empty_like(d)
     with backend.quiet_overflow():  # x^3 overflows past ~7e12 in float32; tanh(+-inf) is the right limit
-        t = d * d
-        t *= 0.044715
-        t *= d
-        t += d
-        t *= _GELU_K
-        xp.tanh(t, out=t)  # t = tanh(k (x + 0.044715 x^3))
-    out = t + 1
-    out *= 0.5  # before d: 2 x would overflow where 0.5 (1 + t) x does not
-    out *= d
+        for sl in backend.blocks(d.size, d.itemsize):
+            db, tb, ob = d[sl], t[sl], out[sl]
+            xp.multiply(db, db, out=tb)
+            tb *= 0.044715
+            tb *= db
+            tb += db
+            tb *= _GELU_K
+            xp.tanh(tb, out=tb)  # t = tanh(k (x + 0.044715 x^3))
+            xp.add(tb, 1, out=ob)
+            ob *= 0.5  # before x: 2 x would overflow where 0.5 (1 + t) x does not
+            ob *= db
 
     def backward(g):
         # past |x| = 100, t is exactly +-1 and the second term exactly 0: clipping x there keeps
         # inf * 0 (x^2 overflows past ~1.8e19 in float32) out of it and changes nothing below
-        dc = xp.clip(d, -_GELU_FLAT, _GELU_FLAT)
-        local = dc * 0.5
-        tmp = t * t
-        xp.subtract(1, tmp, out=tmp)
-        local *= tmp
-        local *= _GELU_K  # 0.5 dc (1 - t^2) k
-        xp.multiply(dc, dc, out=tmp)
-        tmp *= 3 * 0.044715
-        tmp += 1
-        local *= tmp
-        xp.add(t, 1, out=tmp)
-        tmp *= 0.5
-        local += tmp
-        local *= g
-        return (local,)
+        g = g.reshape(-1)
+        local = xp.empty_like(d)
+        for sl in backend.blocks(d.size, d.itemsize):
+            tb, lb = t[sl], local[sl]
+            dc = xp.clip(d[sl], -_GELU_FLAT, _GELU_FLAT)
+            tmp = tb * tb
+            xp.multiply(dc, 0.5, out=lb)
+            xp.subtract(1, tmp, out=tmp)
+            lb *= tmp
+            lb *= _GELU_K  # 0.5 dc (1 - t^2) k
+            xp.multiply(dc, dc, out=tmp)
+            tmp *= 3 * 0.044715
+            tmp += 1
+            lb *= tmp
+            xp.add(tb, 1, out=tmp)
+            tmp *= 0.5
+            lb += tmp
+            lb *= g[sl]
+        return (local.reshape(x.shape),)
 
+    out = out.reshape(x.shape)
     return Tensor.from_op(out, (x,), backward, "gelu")
