@@ -23,10 +23,12 @@ def _normalise(x, eps: float) -> tuple:
     xp = backend.xp
     with backend.quiet_overflow():
         mu = x.mean(axis=-1, keepdims=True)
-        centred = x - mu
-        var = (centred * centred).mean(axis=-1, keepdims=True)
+        xhat = x - mu  # centred, then scaled in place
+        square = xhat * xhat
+        var = square.mean(axis=-1, keepdims=True)
+        del square
         inv_std = 1 / xp.sqrt(var + xp.asarray(eps, dtype=x.dtype))
-        xhat = centred * inv_std
+        xhat *= inv_std
     risky = ~xp.isfinite(inv_std) | ~xp.isfinite(var)  # squares overflowed, or (eps tiny) underflowed
     if bool(risky.any()):
         with backend.quiet_overflow():
@@ -66,16 +68,22 @@ def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
     out = xhat
     if weight is not None:
         out = out * weight.data
-    if bias is not None:
-        out = out + bias.data
+    if bias is not None and out is xhat:
+        out = out + bias.data  # xhat itself is kept for the backward
+    elif bias is not None:
+        out += bias.data
     parents = [x] + [p for p in (weight, bias) if p is not None]
 
     def backward(g):
         grads = []
         if x.requires_grad:
-            gh = g * weight.data if weight is not None else g
-            dx = (gh - gh.mean(axis=-1, keepdims=True)
-                  - xhat * (gh * xhat).mean(axis=-1, keepdims=True)) * inv_std
+            dx = g * weight.data if weight is not None else g.copy()  # gh, then turned into dx in place
+            tmp = dx * xhat
+            m2 = tmp.mean(axis=-1, keepdims=True)
+            dx -= dx.mean(axis=-1, keepdims=True)
+            xp.multiply(xhat, m2, out=tmp)
+            dx -= tmp
+            dx *= inv_std
             grads.append(dx)
         else:
             grads.append(None)
