@@ -15,6 +15,7 @@ from ..nn.module import Parameter
 from ..tensor import Tensor
 from .base import PeftLayer
 from .config import GateConfig, LoraConfig
+from .lora_linear import lora_linear
 from .low_rank_gate import gated_lora_update
 
 
@@ -93,6 +94,16 @@ class LoraLinear(PeftLayer):
         scale = self.lora_magnitude_vector * Tensor(1 / self.combined_weight_norm())  # (out,)
         w0x = b - self.base_layer.bias if self.base_layer.bias is not None else b
         return (scale - 1) * w0x + scale * lora
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``W0 x + bias + scaling B A x`` (see the class docstring). An ungated LoRA layer with no dropout
+        at work runs it as one op through the merged weight (:func:`~minitspeft.peft.lora_linear.lora_linear`)."""
+        drop = self.lora_dropout
+        if (self.gate is None and not self.use_dora and not self.disabled and not self.merged
+                and (drop.p == 0 or not drop.training)):
+            base = self.base_layer
+            return lora_linear(x, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
+        return super().forward(x)
 
     def gated(self, x: Tensor, b: Tensor) -> Tensor:
         """The gated update. For the paper's gate on a LoRA (not DoRA) update, the fused low-rank op
