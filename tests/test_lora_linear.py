@@ -64,3 +64,17 @@ def test_bad_shapes_are_named():
         lora_linear(mt.Tensor(np.ones((2, 6))), w, None, A, B.swapaxes(0, 1), 1.0)
     with pytest.raises(TypeError, match="lora_linear: x must be a Tensor"):
         lora_linear(np.ones((2, 6)), w, None, A, B, 1.0)
+
+
+def test_a_replaced_delta_is_honoured_by_the_ungated_and_the_gated_layer():
+    """The fused ops compute LoRA's own update; a layer whose delta is replaced takes the generic path."""
+    from minitspeft.peft import GateConfig
+
+    for gate in (None, GateConfig(tau_init=0.0)):
+        mt.manual_seed(0)
+        layer = LoraLinear(Linear(6, 5, dtype=np.float64), LoraConfig(r=3, init_lora_weights=False), gate=gate)
+        x = mt.Tensor(np.random.default_rng(0).normal(size=(2, 6)))
+        plain = layer(x).data.copy()
+        layer.delta = lambda x, b: mt.Tensor(np.full(b.shape, 100.0))
+        np.testing.assert_allclose(layer(x).data, layer.base_layer(x).data + 100.0)
+        assert not np.allclose(plain, layer(x).data)

@@ -95,11 +95,16 @@ class LoraLinear(PeftLayer):
         w0x = b - self.base_layer.bias if self.base_layer.bias is not None else b
         return (scale - 1) * w0x + scale * lora
 
+    def _plain_lora(self) -> bool:
+        """LoRA (not DoRA) with this class's own ``delta``: the fused ops compute exactly that update, so a
+        subclass or instance that replaces ``delta`` gets the generic path, which calls it."""
+        return not self.use_dora and "delta" not in vars(self) and type(self).delta is LoraLinear.delta
+
     def forward(self, x: Tensor) -> Tensor:
         """``W0 x + bias + scaling B A x`` (see the class docstring). An ungated LoRA layer with no dropout
         at work runs it as one op through the merged weight (:func:`~minitspeft.peft.lora_linear.lora_linear`)."""
         drop = self.lora_dropout
-        if (self.gate is None and not self.use_dora and not self.disabled and not self.merged
+        if (self.gate is None and self._plain_lora() and not self.disabled and not self.merged
                 and (drop.p == 0 or not drop.training)):
             base = self.base_layer
             return lora_linear(x, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
@@ -110,7 +115,7 @@ class LoraLinear(PeftLayer):
         :func:`~minitspeft.peft.low_rank_gate.gated_lora_update`: the gate is judged from ``u = A x``
         and ``B u`` is computed for the open tokens only; otherwise the generic ``gate(b, delta(x, b))``."""
         gate, c = self.gate, self.gate.config
-        if self.use_dora or c.score != "ratio" or c.keep_ratio is not None:
+        if not self._plain_lora() or c.score != "ratio" or c.keep_ratio is not None:
             return super().gated(x, b)
         u = self.lora_A(self.lora_dropout(x))
         out, S, score = gated_lora_update(b, u, self.lora_B.weight, self.scaling, gate.tau, c.surrogate,
