@@ -113,7 +113,7 @@ class LoraLinear(PeftLayer):
     def gated(self, x: Tensor, b: Tensor) -> Tensor:
         """The gated update. For the paper's gate on a LoRA (not DoRA) update, the fused low-rank op
         :func:`~minitspeft.peft.low_rank_gate.gated_lora_update`: the gate is judged from ``u = A x``
-        and ``B u`` is computed for the open tokens only; otherwise the generic ``gate(b, delta(x, b))``."""
+        and applied as ``b + (S u) (s B)^T``; otherwise the generic ``gate(b, delta(x, b))``."""
         gate, c = self.gate, self.gate.config
         if not self._plain_lora() or c.score != "ratio" or c.keep_ratio is not None:
             return super().gated(x, b)

@@ -7,7 +7,14 @@ that is a quadratic form in ``u`` (derived here)::
     ||d||^2 = s^2 u^T (B^T B) u
 
 so the gate is judged from ``u`` and the small ``r x r`` matrix ``M = B^T B``
-without forming ``d``, and ``B u`` is computed for the open tokens only.
+without forming ``d`` or taking its norm over ``C`` channels.
+
+The update itself is applied as ``(S u) (s B)^T``: the closed tokens' rows of
+``u`` are zeroed, not skipped. Gathering the open rows, multiplying only those
+and scattering them back into ``b`` was measured here (NumPy, ``N = 2048``,
+``r = 8``, ``C = 128`` and ``512``) 1.4-2.8x slower than the masked product at
+densities 0.5 and 1.0, and no faster at 0.2: at this rank the product costs
+less than moving the rows.
 :func:`gated_lora_update` is three ops, each with its own backward:
 
 1. :func:`lora_ratio`: ``r = ||d|| / (||b|| + eps)`` from the quadratic form.
@@ -118,7 +125,7 @@ def lora_ratio(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, eps: float 
 
 
 def apply_lora(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, S: Tensor) -> Tensor:
-    """``out = b + S * s B u`` per token, with ``B u`` computed only where ``S = 1``.
+    """``out = b + S * s B u`` per token (``S u`` first, so a closed token's row of the product is 0).
 
     Args:
         b: ``(..., C)``; u: ``(..., r)``; lora_B: ``(C, r)``; scaling: ``s``;
@@ -135,7 +142,6 @@ def apply_lora(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, S: Tensor) 
     """
     _check("apply_lora", b, u, lora_B)
     require_tensor("apply_lora", "S", S)
-    xp = backend.xp
     C, R = b.shape[-1], u.shape[-1]
     if S.shape != b.shape[:-1]:
         raise ValueError(f"apply_lora: S has shape {S.shape}, expected b's leading shape {b.shape[:-1]}")
@@ -144,21 +150,16 @@ def apply_lora(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, S: Tensor) 
         raise ValueError("apply_lora: S must hold only 0 and 1 (a threshold's gates)")
     b2, u2 = b.data.reshape(-1, C), u.data.reshape(-1, R)
     sW = lora_B.data * b.dtype.type(scaling)  # (C, r): the scaling on the small factor
-    rows = xp.flatnonzero(hard)
-    if rows.size == hard.size:
-        out = u2 @ sW.T
-        out += b2
-    else:
-        out = b2.copy()
-        if rows.size:
-            out[rows] += u2[rows] @ sW.T  # B u for the open tokens only
+    uS = u2 * hard[:, None]  # closed tokens' rows are zero (see the module docstring)
+    out = uS @ sW.T
+    out += b2
 
     def backward(g):
         g2 = g.reshape(-1, C)
         gBu = g2 @ sW  # (N, r): s B^T g per token
         gS = (gBu * u2).sum(axis=-1).reshape(S.shape) if S.requires_grad else None  # <g, d>
         gu = (gBu * hard[:, None]).reshape(u.shape) if u.requires_grad else None
-        gW = (g2.T @ (u2 * hard[:, None])) * b.dtype.type(scaling) if lora_B.requires_grad else None
+        gW = (g2.T @ uS) * b.dtype.type(scaling) if lora_B.requires_grad else None
         return (g if b.requires_grad else None), gu, gW, gS
 
     return Tensor.from_op(out.reshape(b.shape), (b, u, lora_B, S), backward, "apply_lora")
