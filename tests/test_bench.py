@@ -30,8 +30,28 @@ def test_bench_tiny_writes_its_tables_and_json(tmp_path):
     assert all(d == gated["minitspeft"] for d in gated.values())  # the twins' gates open as minitspeft's
     assert all(r["median_ms"] > 0 and r["peak_mb"] >= 0 and r["minor_faults_per_step"] >= 0 and len(r["all_ms"]) == 2
                for r in data["results"])
-    forced = [r["density"] for r in data["results"] if r["table"] == "density" and not r["forward_only"]]
-    assert forced[0] == 1.0 and forced[0] > forced[1] > forced[2]  # the forced densities take effect
+    for forward_only in (False, True):  # the forced densities take effect, and hold through the timed steps
+        forced = [r["density"] for r in data["results"] if r["table"] == "density" and r["forward_only"] == forward_only]
+        assert forced[0] == 1.0 and forced[1] == pytest.approx(0.5, abs=0.1) and forced[2] == pytest.approx(0.2, abs=0.1)
+    assert data["update_flop_share"] == config.update_flop_share(config.CONFIGS["tiny"])
+    assert "upper bound: LoRA's B u" in proc.stdout
+
+
+@pytest.mark.parametrize("name", sorted(config.CONFIGS))
+def test_the_update_share_counts_the_models_own_products(name):
+    """The FLOP formula, checked against the layers of the model the benchmark builds: 2 in*out per token
+    for every Linear (base, A and B) and 4 T C per block for attention's two batched products."""
+    from minitspeft.bench.steps import build
+    from minitspeft.nn import Linear
+
+    cfg = config.CONFIGS[name]
+    model, _ = build(cfg, "lora")
+    linears = {n: m for n, m in model.base_model.named_modules() if isinstance(m, Linear) and n != "head"}
+    total = sum(2 * m.in_features * m.out_features for m in linears.values())
+    bu = sum(2 * m.in_features * m.out_features for n, m in linears.items() if n.endswith("lora_B"))
+    forward = total + cfg.n_layer * 4 * cfg.seq_len * cfg.n_embd
+    assert config.update_flop_share(cfg)["forward"] == pytest.approx(bu / forward, rel=1e-12)
+    assert 0 < config.update_flop_share(cfg)["step"] < config.update_flop_share(cfg)["forward"]
 
 
 def test_bench_refuses_bad_counts():

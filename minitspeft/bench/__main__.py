@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from .. import backend
 from ..viz import format_table
-from .config import CONFIGS, VARIANTS, scaled
+from ..io import save_json
+from .config import CONFIGS, VARIANTS, scaled, update_flop_share
 from .measure import run_in_child, worker
 
 DENSITIES = (1.0, 0.5, 0.2)
@@ -78,8 +79,9 @@ def add_ratios(results: list) -> None:
             r[f"x_{impl}"] = r["median_ms"] / ref if ref else None
 
 
-def report(results: list) -> str:
-    """The text tables of a run (step rows with their ratios from :func:`add_ratios`)."""
+def report(results: list, share: dict | None = None) -> str:
+    """The text tables of a run (step rows with their ratios from :func:`add_ratios`; ``share``:
+    :func:`~minitspeft.bench.config.update_flop_share`, printed under the density table)."""
     step = [r for r in results if r["table"] == "step"]
     twinned = any(r["impl"] != "minitspeft" for r in step)
     header = ["impl", "variant", "median ms/step", "peak MB", "page faults/step"]
@@ -97,6 +99,10 @@ def report(results: list) -> str:
             for r in results if r["table"] == "density"]
     if dens:
         text.append(format_table(["what", "density", "median ms"], dens))
+        if share:
+            text[-1] += (f"\nupper bound: LoRA's B u, the work a closed token can skip, is {share['forward']:.1%} "
+                         f"of the forward's FLOPs and {share['step']:.1%} of the step's; at density D the "
+                         "saving is at most (1 - D) times that")
     scale = [[r["change"], r["variant"], f"{r['median_ms']:.1f}"] for r in results if r["table"] == "scaling"]
     if scale:
         text.append(format_table(["size", "variant", "median ms/step"], scale))
@@ -123,10 +129,11 @@ def main(argv=None) -> int:
     add_ratios(results)
     print(f"minitspeft.bench: config {args.config}, {args.threads} BLAS thread(s), backend {args.backend}, "
           f"twins: {', '.join(twins(args)) or 'none'}\n")
-    print(report(results))
+    share = update_flop_share(CONFIGS[args.config])
+    print(report(results, share))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"config": CONFIGS[args.config].to_dict(), "results": results}, fh, indent=2)
+        save_json(args.json, {"config": CONFIGS[args.config].to_dict(), "update_flop_share": share,
+                              "results": results})
     return 0
 
 

@@ -38,6 +38,27 @@ class BenchConfig:
         return asdict(self)
 
 
+def update_flop_share(config: BenchConfig) -> dict:
+    """The share of the step's floating-point work that a closed token could skip: LoRA's ``B u``.
+
+    Per token and block (derived here; a multiply-add is 2 FLOPs; ``C = n_embd``,
+    ``H = mlp_ratio * C``, ``T = seq_len``), the forward costs ``8 C^2 + 4 C H`` in the frozen
+    projections, ``4 T C`` in attention and ``2 r (5 C + H)`` in each of LoRA's ``A x`` and ``B u``
+    (``q, k, v, o, fc1, fc2``); the backward of a frozen base costs ``8 C^2 + 4 C H`` (input gradients
+    only), ``8 T C`` in attention and ``8 r (5 C + H)`` in LoRA. Only the forward's ``B u`` belongs
+    to one token's update alone: the backward needs ``B^T g`` at every token the surrogate reaches.
+
+    Returns:
+        ``{"forward": share of the forward, "step": share of forward + backward}`` (fractions).
+    """
+    C, T, r = config.n_embd, config.seq_len, config.r
+    H = config.mlp_ratio * C
+    lora = 2 * r * (5 * C + H)  # one of A x or B u, all six targets
+    forward = 8 * C * C + 4 * C * H + 4 * T * C + 2 * lora
+    backward = 8 * C * C + 4 * C * H + 8 * T * C + 4 * lora
+    return {"forward": lora / forward, "step": lora / (forward + backward)}
+
+
 CONFIGS = {
     "bench-small": BenchConfig(),
     "tiny": BenchConfig(vocab_size=16, seq_len=8, batch_size=4, n_embd=16, n_head=2, n_layer=1, r=2),

@@ -40,14 +40,16 @@ def force_density(model, ids, density: float) -> None:
     """Set every gate's ``tau`` (and freeze it) so that about ``density`` of its tokens open on ``ids``.
 
     LoRA's ``B`` is drawn at random first, so that the ratios ``r`` are spread; ``tau`` is the
-    ``1 - density`` quantile of each layer's ``r``.
+    ``1 - density`` quantile of each layer's ``r``, set layer by layer in the order of the forward pass
+    (a layer's ratios depend on the gates before it, so each is read after those are set).
     """
     rng = np.random.default_rng(1)
     for _, layer in model.peft_layers():
         layer.lora_B.weight.data = backend.asarray(
-            rng.normal(0, 0.05, size=layer.lora_B.weight.shape).astype(layer.lora_B.weight.dtype))
-    model(ids)
+            rng.normal(0, 0.5, size=layer.lora_B.weight.shape).astype(layer.lora_B.weight.dtype))
     for _, gate in model.gates():
+        with no_grad():
+            model(ids)
         score = backend.to_numpy(gate.last_score)
         q = np.quantile(score, 1 - density) if density < 1 else 0.0
         gate.tau.data = backend.asarray(np.asarray(q, dtype=gate.tau.dtype))
@@ -56,11 +58,14 @@ def force_density(model, ids, density: float) -> None:
 
 def minitspeft_step(config: BenchConfig, variant: str, density: float | None = None, forward_only: bool = False):
     """Return ``(run, model)``: ``run()`` is one training step (forward, backward, AdamW) on a fixed batch,
-    or with ``forward_only`` one inference forward. ``density`` (TS-LoRA) forces the share of open gates."""
+    or with ``forward_only`` one inference forward. ``density`` (TS-LoRA) forces the share of open gates;
+    that step updates with learning rate 0 (AdamW does all its work), so the share stays where it was put."""
     model, opt = build(config, variant)
     ids, labels = batch(config)
     if density is not None and variant == "ts-lora":
         force_density(model, ids, density)  # frozen thresholds: the optimiser skips them
+        for group in opt.param_groups:  # the same work per step, but A and B stay put, and so do the gates
+            group["lr"] = 0.0
     y = backend.asarray(labels)
     regularise = variant == "ts-lora" and density is None
     if forward_only:
