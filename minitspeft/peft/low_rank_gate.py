@@ -72,6 +72,17 @@ def _lengths(u2, W, scaling):
     return uM, q.dtype.type(scaling) * xp.sqrt(xp.maximum(q, 0))
 
 
+def _row_norms(b2):
+    """``||b_i||`` of each row of ``b2`` ``(N, C)`` as one fused sum of squares (``einsum``: no ``(N, C)``
+    temporary), with :func:`~minitspeft.reductions.stable_norm` wherever a square over- or underflows."""
+    xp = backend.xp
+    with backend.quiet_overflow():
+        n = xp.sqrt(xp.einsum("ij,ij->i", b2, b2))
+    if bool((xp.isfinite(n) & (n >= xp.sqrt(xp.finfo(n.dtype).tiny))).all()):
+        return n
+    return stable_norm(b2, -1)[:, 0]
+
+
 def lora_ratio(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, eps: float = 1e-6) -> Tensor:
     """``r = ||s B u|| / (||b|| + eps)`` per token, from ``u`` without forming the update.
 
@@ -97,7 +108,7 @@ def lora_ratio(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, eps: float 
     if lengths is None:  # extreme magnitudes: the ratio of the formed update, exact at any size
         return token_ratio(b, (u @ lora_B.swapaxes(0, 1)) * scaling, eps)
     uM, nd = lengths
-    nb = stable_norm(b2, -1)[:, 0]
+    nb = _row_norms(b2)
     denom = nb + b.dtype.type(eps)
     r = nd / denom
 
