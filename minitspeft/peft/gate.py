@@ -12,8 +12,10 @@ straight-through backward below, the ``eps`` guard and the zero-norm
 convention are derived here (docs/gate.md derives them). The clearest form
 of the gate is :func:`reference_gate`, composed from primitives:
 ``S = H + phi(z) - stop_gradient(phi(z))`` with ``z = r - tau`` and ``H`` the
-hard step. :func:`gated_update` is the same gate as one fused op, whose
-backward is exactly the equations below; chaining the smaller fused ops
+hard step. :func:`gated_update` is the same gate as two fused nodes, ``S``
+and ``out = b + S d`` made from it, whose backward is exactly the equations
+below (``dL/dS`` from ``out`` and from the regulariser meet at ``S``, so the
+ratio's chain runs once); chaining the smaller fused ops
 :func:`token_ratio` and :func:`threshold_step` with the product gives the
 same gradients again (the tests check all three)::
 
@@ -116,7 +118,7 @@ def token_ratio(b: Tensor, d: Tensor, eps: float) -> Tensor:
 
 def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1,
                  eps: float = 1e-6, grad_through_ratio: bool = True) -> tuple:
-    """The whole gate as one fused op: ``out = b + S d`` per token with ``S = 1[r >= tau]``.
+    """The whole gate as two fused nodes: ``S = 1[r >= tau]`` and ``out = b + S d`` per token.
 
     Args:
         b: frozen output ``(..., C)``; d: update ``(..., C)``; tau: scalar ``()``.
@@ -134,11 +136,13 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
     Raises:
         ValueError: if the shapes of ``b`` and ``d`` differ or ``tau`` is not a scalar.
 
-    Backward of ``out``: the module's equations (derived here), with ``k_i = <g_i, d_i> phi'(r_i - tau)``:
-    ``dd_i = S_i g_i + k_i dr_i/dd_i``, ``db_i = g_i + k_i dr_i/db_i``,
-    ``dtau = -sum_i k_i`` (the ``dr`` terms only with ``grad_through_ratio``).
-    The backward of ``S`` is the same chain with ``<g_i, d_i>`` replaced by the
-    gradient reaching ``S_i``: :func:`threshold_step` after :func:`token_ratio`.
+    Backward (the module's equations, derived here). ``out``'s own backward is
+    ``db = g``, ``dd_i = S_i g_i`` and ``dL/dS_i = <g_i, d_i>``, handed to ``S``
+    (``out`` is made from ``S``). ``S``'s backward then runs the straight-through
+    chain once for everything that reached it (``out`` and the regulariser),
+    with ``k_i = dL/dS_i phi'(r_i - tau)``: ``dd_i += k_i dr_i/dd_i``,
+    ``db_i += k_i dr_i/db_i`` (these two only with ``grad_through_ratio``) and
+    ``dtau = -sum_i k_i``: :func:`threshold_step` after :func:`token_ratio`.
     """
     _check_pair("gated_update", b, d)
     _check_settings("gated_update", tau, eps, temperature)
@@ -147,8 +151,9 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
     hard = (r >= t).astype(b.dtype)  # ties open
     out = b.data + hard[..., None] * d.data
 
-    def through_S(k):
-        """Gradients of ``(b, d, tau)`` from ``k = dL/dS * phi'(r - tau)`` (the straight-through chain)."""
+    def backward_S(g):
+        """Gradients of ``(b, d, tau)`` from ``dL/dS`` (the straight-through chain)."""
+        k = g * surrogate_grad(r - t, surrogate, temperature)
         gb = gd = gt = None
         if grad_through_ratio and d.requires_grad:
             gd = _unit(d.data, nd) * (k / denom)[..., None]
@@ -158,19 +163,14 @@ def gated_update(b: Tensor, d: Tensor, tau: Tensor, surrogate: str = "sigmoid", 
             gt = (-k.sum()).reshape(tau.shape).astype(tau.dtype)
         return gb, gd, gt
 
+    S = Tensor.from_op(hard, (b, d, tau), backward_S, "gated_update.S")
+
     def backward_out(g):
-        gb, gd, gt = through_S((g * d.data).sum(axis=-1) * surrogate_grad(r - t, surrogate, temperature))
-        if d.requires_grad:
-            gd = hard[..., None] * g if gd is None else hard[..., None] * g + gd
-        if b.requires_grad:
-            gb = g if gb is None else g + gb
-        return gb, gd, gt
+        gd = hard[..., None] * g if d.requires_grad else None
+        gS = (g * d.data).sum(axis=-1) if S.requires_grad else None
+        return (g if b.requires_grad else None), gd, gS
 
-    def backward_S(g):
-        return through_S(g * surrogate_grad(r - t, surrogate, temperature))
-
-    out_t = Tensor.from_op(out, (b, d, tau), backward_out, "gated_update")
-    return out_t, Tensor.from_op(hard, (b, d, tau), backward_S, "gated_update.S"), r
+    return Tensor.from_op(out, (b, d, S), backward_out, "gated_update"), S, r
 
 
 def threshold_step(r: Tensor, tau: Tensor, surrogate: str = "sigmoid", temperature: float = 0.1) -> Tensor:
@@ -248,7 +248,7 @@ class TokenGate(Module):
     (``config.keep_ratio``) make the gate variants (:data:`GATE_VARIANTS`):
 
     - ``score="ratio"``, threshold (the paper's, TS-PEFT arXiv 2511.16147):
-      ``S_i = 1[r_i >= tau]``, one fused op (:func:`gated_update`);
+      ``S_i = 1[r_i >= tau]``, fused (:func:`gated_update`; on LoRA its low-rank form);
     - ``score="seq_ratio"``: ``S_i = 1[s_i >= tau]`` with ``s`` the ratio
       normalised per sequence (:func:`~minitspeft.peft.selection.sequence_ratio`);
     - ``score="router"``: ``S_i = 1[1 + w . b_i/||b_i|| + p_t(i) >= tau]`` with a
@@ -318,7 +318,7 @@ class TokenGate(Module):
     def forward(self, b: Tensor, d: Tensor) -> Tensor:
         """``b + S d`` with ``b``, ``d`` ``(..., C)`` and the gates ``S`` ``(...)``; keeps ``S`` in ``last_S``."""
         c = self.config
-        if c.score == "ratio" and c.keep_ratio is None:  # the paper's gate: one fused op
+        if c.score == "ratio" and c.keep_ratio is None:  # the paper's gate, fused
             out, S, s = gated_update(b, d, self.tau, c.surrogate, c.temperature, c.eps, c.grad_through_ratio)
             t = self.tau.data.reshape(())
         else:
