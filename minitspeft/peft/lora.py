@@ -15,7 +15,7 @@ from ..nn.module import Parameter
 from ..tensor import Tensor
 from .base import PeftLayer
 from .config import GateConfig, LoraConfig
-from .lora_linear import lora_linear
+from .lora_linear import dora_linear, lora_linear, merged_weight
 from .low_rank_gate import gated_lora_update
 
 
@@ -81,9 +81,8 @@ class LoraLinear(PeftLayer):
 
     def combined_weight_norm(self):
         """``||W0 + scaling B A||`` of each row (over the input dimension): a backend array ``(out_features,)``."""
-        xp = backend.xp
-        w = self.base_layer.weight.data + self.delta_weight()
-        return xp.sqrt((w * w).sum(axis=1))
+        w = merged_weight(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight, self.scaling)
+        return backend.xp.sqrt((w * w).sum(axis=1))
 
     def delta(self, x: Tensor, b: Tensor) -> Tensor:
         """The update ``d`` (LoRA or DoRA, see the class docstring), shape ``(..., out_features)``."""
@@ -95,19 +94,22 @@ class LoraLinear(PeftLayer):
         w0x = b - self.base_layer.bias if self.base_layer.bias is not None else b
         return (scale - 1) * w0x + scale * lora
 
-    def _plain_lora(self) -> bool:
-        """LoRA (not DoRA) with this class's own ``delta``: the fused ops compute exactly that update, so a
-        subclass or instance that replaces ``delta`` gets the generic path, which calls it."""
-        return not self.use_dora and "delta" not in vars(self) and type(self).delta is LoraLinear.delta
+    def _own_delta(self) -> bool:
+        """This class's own ``delta``: the fused ops compute exactly that update, so a subclass or
+        instance that replaces ``delta`` gets the generic path, which calls it."""
+        return "delta" not in vars(self) and type(self).delta is LoraLinear.delta
 
     def forward(self, x: Tensor) -> Tensor:
         """``W0 x + bias + scaling B A x`` (see the class docstring). An ungated LoRA layer with no dropout
-        at work runs it as one op through the merged weight (:func:`~minitspeft.peft.lora_linear.lora_linear`)."""
+        at work runs it as one op through the merged weight (:func:`~minitspeft.peft.lora_linear.lora_linear`,
+        or :func:`~minitspeft.peft.lora_linear.dora_linear` for DoRA)."""
         drop = self.lora_dropout
-        if (self.gate is None and self._plain_lora() and not self.disabled and not self.merged
+        if (self.gate is None and self._own_delta() and not self.disabled and not self.merged
                 and (drop.p == 0 or not drop.training)):
-            base = self.base_layer
-            return lora_linear(x, base.weight, base.bias, self.lora_A.weight, self.lora_B.weight, self.scaling)
+            base, A, B = self.base_layer, self.lora_A.weight, self.lora_B.weight
+            if self.use_dora:
+                return dora_linear(x, base.weight, base.bias, A, B, self.lora_magnitude_vector, self.scaling)
+            return lora_linear(x, base.weight, base.bias, A, B, self.scaling)
         return super().forward(x)
 
     def gated(self, x: Tensor, b: Tensor) -> Tensor:
@@ -115,7 +117,7 @@ class LoraLinear(PeftLayer):
         :func:`~minitspeft.peft.low_rank_gate.gated_lora_update`: the gate is judged from ``u = A x``
         and applied as ``b + (S u) (s B)^T``; otherwise the generic ``gate(b, delta(x, b))``."""
         gate, c = self.gate, self.gate.config
-        if not self._plain_lora() or c.score != "ratio" or c.keep_ratio is not None:
+        if self.use_dora or not self._own_delta() or c.score != "ratio" or c.keep_ratio is not None:
             return super().gated(x, b)
         u = self.lora_A(self.lora_dropout(x))
         out, S, score = gated_lora_update(b, u, self.lora_B.weight, self.scaling, gate.tau, c.surrogate,

@@ -1,4 +1,4 @@
-"""A LoRA layer's whole forward as one op: the base product and the update through one merged weight.
+"""A LoRA (or DoRA) layer's whole forward as one op: the base product and the update through one merged weight.
 
 For an ungated LoRA layer, ``W0 x + bias + s B A x`` equals ``W' x + bias``
 with ``W' = W0 + s B A``, so :func:`lora_linear` forms ``W'`` (``C_out x
@@ -16,13 +16,28 @@ is one full product for ``dx`` and skinny ones for ``A`` and ``B``. The
 values equal the separate products' up to float rounding (the tests check
 outputs and gradients against :class:`~minitspeft.peft.lora.LoraLinear`'s
 generic path). The layer uses it when nothing else acts between the two
-branches: no dropout in training, no DoRA, no gate.
+branches: no dropout in training, no gate.
+
+DoRA (Liu et al. 2024) is the same product scaled per output row:
+``h = c * (W' x) + bias`` with ``c = m / ||W'||_row``, the norm held constant
+in the backward pass as the paper recommends. :func:`dora_linear` computes it
+with ``z = x W'^T`` and ``g_z = c g``: ``dx = g_z W'``, ``dm = sum over tokens
+of g z / ||W'||_row``, and ``dA``, ``dB`` as above with ``g_z`` for ``g``.
 """
 
 from __future__ import annotations
 
+from .. import backend
 from ..extend import require_tensor
 from ..tensor import Tensor
+
+
+def merged_weight(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float):
+    """``W0 + scaling * B @ A`` as a backend array ``(C_out, C_in)`` (peft's merged weight)."""
+    merged = lora_B.data @ lora_A.data
+    merged *= weight.dtype.type(scaling)
+    merged += weight.data
+    return merged
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
@@ -54,9 +69,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
                          f"lora_A {lora_A.shape} (r, in), lora_B {lora_B.shape} (out, r), "
                          f"bias {None if bias is None else bias.shape}")
     s = weight.dtype.type(scaling)
-    merged = lora_B.data @ lora_A.data
-    merged *= s
-    merged += weight.data  # W0 + s B A
+    merged = merged_weight(weight, lora_A, lora_B, scaling)
     x2 = x.data.reshape(-1, C_in)
     out = x2 @ merged.T
     if bias is not None:
@@ -73,3 +86,42 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
         return grads if bias is None else grads + ((g2.sum(axis=0) if bias.requires_grad else None),)
 
     return Tensor.from_op(out.reshape(x.shape[:-1] + (C_out,)), parents, backward, "lora_linear")
+
+
+def dora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                magnitude: Tensor, scaling: float) -> Tensor:
+    """DoRA's ``m / ||W'||_row * (x @ W'.T) + bias`` with ``W' = W0 + scaling * B @ A``, as one op.
+
+    Args:
+        x, weight, bias, lora_A, lora_B, scaling: as in :func:`lora_linear`;
+            magnitude: DoRA's ``m`` ``(C_out,)``.
+
+    Returns:
+        ``(..., C_out)``.
+
+    Raises:
+        TypeError: if an input is not a Tensor; ValueError: naming the shapes when they do not fit.
+
+    Formulas: the module docstring (DoRA, Liu et al. 2024, section 4.3 for the constant norm; the
+    backward derived here).
+    """
+    require_tensor("dora_linear", "magnitude", magnitude)
+    if magnitude.shape != weight.shape[:1]:
+        raise ValueError(f"dora_linear: magnitude shape {magnitude.shape} does not match weight {weight.shape}")
+    z = lora_linear(x, weight, None, lora_A, lora_B, scaling)  # x W'^T, with its own backward
+    merged = merged_weight(weight, lora_A, lora_B, scaling)
+    norm = backend.xp.sqrt((merged * merged).sum(axis=1))  # ||W'||_row, a constant here
+    c = magnitude.data / norm
+    out = z.data * c
+    if bias is not None:
+        out += bias.data
+    parents = (z, magnitude) + (() if bias is None else (bias,))
+
+    def backward(g):
+        gz = g * c if z.requires_grad else None
+        gm = (g * z.data).reshape(-1, g.shape[-1]).sum(axis=0) / norm if magnitude.requires_grad else None
+        grads = (gz, gm)
+        return grads if bias is None else grads + ((g.reshape(-1, g.shape[-1]).sum(axis=0)
+                                                    if bias.requires_grad else None),)
+
+    return Tensor.from_op(out, parents, backward, "dora_linear")
