@@ -96,6 +96,8 @@ CASES = {
     "a ModuleList index out of range": (lambda t: nn.ModuleList([nn.Linear(2, 2)])[1], IndexError,
                                         "index 1 is out of range for 1"),
     "an empty ModuleList": (lambda t: nn.ModuleList()[0], IndexError, "out of range for 0"),
+    "a memory setting out of range": (lambda t: mt.memory.keep_freed_memory(top_pad_mb=-1), ValueError,
+                                      r"keep_freed_memory: top_pad_mb must be an integer in \[0, 2047\]"),
     "a temperature too small for float32": (lambda t: get_peft_model(_vit(), LoraConfig(r=2),
                                                                      gate=GateConfig(temperature=1e-50)),
                                             ValueError, "temperature=1e-50 is below"),

@@ -45,11 +45,20 @@ def test_gated_layers_output_exactly_b_plus_hard_gate_times_d(method):
         b = layer.base_layer(mt.Tensor(x))
         d = layer.delta(mt.Tensor(x), b)
         r = np.linalg.norm(d.data, axis=-1) / (np.linalg.norm(b.data, axis=-1) + 1e-6)
-        tau = np.median(r)  # about half the tokens open; the median token sits exactly on the threshold
+        # about half the tokens open; for DoRA and adapters the median token sits exactly on the threshold.
+        # LoRA runs the gate's low-rank form (the same gate up to rounding, tests/test_low_rank_gate.py),
+        # so there tau sits between two ratios and the output is compared to rounding
+        exact = method != "lora"
+        tau = np.median(r) if exact else np.mean(np.sort(r.ravel())[r.size // 2 - 1:r.size // 2 + 1])
         layer.gate.tau.data = np.asarray(tau)
         S = (r >= tau).astype(float)
         assert 0 < S.mean() < 1, name  # both open and closed tokens are exercised
-        np.testing.assert_array_equal(layer(mt.Tensor(x)).data, b.data + S[..., None] * d.data)
+        out = layer(mt.Tensor(x)).data
+        np.testing.assert_array_equal(layer.gate.last_S.data, S)
+        if exact:
+            np.testing.assert_array_equal(out, b.data + S[..., None] * d.data)
+        else:
+            np.testing.assert_allclose(out, b.data + S[..., None] * d.data, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.filterwarnings("ignore:fit. at step:RuntimeWarning")  # a layer may close whole: that is allowed here
