@@ -41,17 +41,29 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     _check_axis("softmax", x, axis)
     xp = backend.xp
     data = _floating(x.data)
-    y = data - data.max(axis=axis, keepdims=True)  # shifted, then exponentiated and normalised in place
-    xp.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
+    if axis in (-1, data.ndim - 1):  # rows, in blocks that stay in cache (backend.blocks)
+        rows = data.reshape(-1, data.shape[-1])
+        pieces = backend.blocks(rows.shape[0], rows.shape[1] * rows.itemsize)
+    else:  # another axis: in one piece
+        rows, pieces = data, [...]
+    y = xp.empty_like(rows)
+    for sl in pieces:
+        xb, yb = rows[sl], y[sl]
+        xp.subtract(xb, xb.max(axis=axis, keepdims=True), out=yb)  # shifted, exponentiated, normalised
+        xp.exp(yb, out=yb)
+        yb /= yb.sum(axis=axis, keepdims=True)
 
     def backward(g):
-        dx = g * y
-        dx = xp.subtract(g, dx.sum(axis=axis, keepdims=True), out=dx)
-        dx *= y
-        return (dx,)
+        g2 = g.reshape(rows.shape)
+        dx = xp.empty_like(y)
+        for sl in pieces:
+            gb, yb, db = g2[sl], y[sl], dx[sl]
+            xp.multiply(gb, yb, out=db)
+            xp.subtract(gb, db.sum(axis=axis, keepdims=True), out=db)
+            db *= yb
+        return (dx.reshape(x.shape),)
 
-    return Tensor.from_op(y, (x,), backward, "softmax")
+    return Tensor.from_op(y.reshape(x.shape), (x,), backward, "softmax")
 
 
 def log_softmax_array(data, axis):
