@@ -19,7 +19,6 @@ import math
 import autograd.numpy as anp
 import numpy as np
 from autograd import value_and_grad
-from autograd.scipy.special import expit, logsumexp
 from autograd.tracer import getval
 
 from .config import BenchConfig
@@ -45,6 +44,17 @@ def gelu(x):
     return 0.5 * x * (1 + anp.tanh(_GELU_K * (x + 0.044715 * x * x * x)))
 
 
+def sigmoid(u):
+    """``1 / (1 + e^-u)`` as ``(1 + tanh(u / 2)) / 2``: stable for any ``u`` (and no SciPy needed)."""
+    return 0.5 * (anp.tanh(0.5 * u) + 1.0)
+
+
+def log_softmax(logits):
+    """``logits - logsumexp(logits)`` over the last axis, shifted by the (constant) row maximum."""
+    shifted = logits - getval(anp.max(logits, axis=-1, keepdims=True))
+    return shifted - anp.log(anp.sum(anp.exp(shifted), axis=-1, keepdims=True))
+
+
 def norm(v):
     """``||v||`` over the last axis, with gradient 0 where ``v = 0`` (minitspeft's and PyTorch's convention)."""
     sq = anp.sum(v * v, axis=-1)
@@ -60,7 +70,7 @@ def gate(b, d, tau, config):
     """
     nb, nd = (b, d) if config.grad_through_ratio else (getval(b), getval(d))
     z = norm(nd) / (norm(nb) + config.eps) - tau
-    phi = expit(z / config.temperature)
+    phi = sigmoid(z / config.temperature)
     S = (getval(z) >= 0).astype(b.dtype) + (phi - getval(phi))  # the bracket is exactly 0: S is exactly H
     return b + S[..., None] * d, S
 
@@ -170,7 +180,7 @@ def step(config: BenchConfig, variant: str, model=None) -> tuple:
     def loss(trainable: dict):
         gates = {}
         logits = forward({**twin.frozen, **trainable}, ids, config, spec["scaling"], gate_config, gates)
-        logp = logits - logsumexp(logits, axis=-1, keepdims=True)  # (B, n_classes)
+        logp = log_softmax(logits)  # (B, n_classes)
         ce = -anp.mean(logp[np.arange(len(labels)), labels])
         twin.gates = {n: getval(S) for n, S in gates.items()}
         aux["ce"] = getval(ce)
