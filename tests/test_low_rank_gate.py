@@ -83,6 +83,22 @@ def test_magnitudes_past_the_quadratic_forms_range_fall_back_to_the_exact_gate(s
         np.testing.assert_allclose(fused[key], plain[key], rtol=1e-5, atol=0, err_msg=key)
 
 
+def test_lengths_whose_product_overflows_keep_their_gradient():
+    """``||b|| ~ 1e20`` and ``||d|| ~ 4e18`` in float32: the update's square fits (no fallback), their product
+    does not, so the ratio's backward must divide one factor at a time."""
+    b, u, W = _inputs(seed=2, dtype=np.float32)
+    b, u = b * np.float32(5e19), u * np.float32(1e18)
+    q = ((u @ W.T) ** 2).astype(np.float64).sum(-1)
+    product = np.sqrt(q) * S_ * np.linalg.norm(b.astype(np.float64), axis=-1)
+    assert np.isfinite(((u @ W.T) ** 2).sum(-1)).all() and (product > 3.4e38).any()
+    r = S_ * np.sqrt(q) / np.linalg.norm(b.astype(np.float64), axis=-1)
+    fused, plain = _both(b, u, W, tau=float(np.median(r)) * 0.999, temperature=0.3)
+    np.testing.assert_array_equal(fused["S"], plain["S"])
+    for key in ("b", "u", "W", "tau"):
+        assert np.isfinite(fused[key]).all(), key
+        np.testing.assert_allclose(fused[key], plain[key], rtol=1e-4, atol=0, err_msg=key)
+
+
 def test_bad_shapes_and_non_tensors_are_refused_by_name():
     b, u, W = (mt.Tensor(a) for a in _inputs())
     tau = Parameter(np.asarray(0.5))

@@ -116,8 +116,9 @@ def lora_ratio(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, eps: float 
     def backward(g):
         k = g.reshape(-1)
         gb = gu = gW = None
-        w = k / xp.where(nd > 0, denom * nd, 1) * (nd > 0)  # 0 where the update is 0 (subgradient)
-        w *= b.dtype.type(scaling) ** 2
+        with backend.quiet_overflow():  # one division at a time: ||b|| ||d|| can overflow where r does not
+            w = k / denom / xp.where(nd > 0, nd, 1) * (nd > 0)  # 0 where the update is 0 (subgradient)
+            w *= b.dtype.type(scaling) ** 2
         if u.requires_grad:
             gu = (uM * w[:, None]).reshape(u.shape)
         if lora_B.requires_grad:
