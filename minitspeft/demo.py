@@ -20,13 +20,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 
 import numpy as np
 
 from .checks import check_int
+from .io import output_file_problem, writable_dir_problem
 from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretrained_backbone, quick,
                          token_level_summary)
 from .peft import GATE_VARIANTS
@@ -216,37 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_writable_dir(folder: str, create: bool) -> str | None:
-    """Return an error message if files cannot be created in ``folder`` (made first if ``create``)."""
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        return f"{folder!r} is a file, not a folder"
-    if not create and not os.path.isdir(folder):
-        return f"folder {folder!r} does not exist"
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        return f"cannot create files in {folder!r} ({exc.strerror or exc})"
-    return None
-
-
 def _check_paths(parser, args) -> str:
     cache_dir = args.cache_dir or default_cache_dir()
-    problem = _check_writable_dir(cache_dir, create=True)
+    problem = writable_dir_problem(cache_dir, create=True)
     if problem:
         parser.error(f"--cache-dir: {problem}")
     if args.json is not None:
-        if not args.json.strip():
-            parser.error("--json: the path is empty")
-        if os.path.isdir(args.json):
-            parser.error(f"--json: {args.json!r} is a folder, not a file path")
-        problem = _check_writable_dir(os.path.dirname(os.path.abspath(args.json)), create=False)
+        problem = output_file_problem(args.json)
         if problem:
             parser.error(f"--json: {problem}")
     if args.plot is not None:
-        problem = _check_writable_dir(args.plot, create=True)
+        problem = writable_dir_problem(args.plot, create=True)
         if problem:
             parser.error(f"--plot: {problem}")
         try:

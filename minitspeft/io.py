@@ -83,6 +83,34 @@ def save_npz(path: str, arrays: dict, meta: dict | None = None) -> None:
     _atomic_write(path, lambda fh: np.savez(fh, **host))
 
 
+def writable_dir_problem(folder: str, create: bool) -> str | None:
+    """Why files cannot be created in ``folder`` (made first if ``create``), or None if they can.
+
+    For command lines, to refuse an output path before any work is done."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return f"{folder!r} is a file, not a folder"
+    if not create and not os.path.isdir(folder):
+        return f"folder {folder!r} does not exist"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        return f"cannot create files in {folder!r} ({exc.strerror or exc})"
+    return None
+
+
+def output_file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be written as a new file (empty, a folder, or in a folder that is missing or
+    read-only), or None if it can."""
+    if not path.strip():
+        return "the path is empty"
+    if os.path.isdir(path):
+        return f"{path!r} is a folder, not a file path"
+    return writable_dir_problem(os.path.dirname(os.path.abspath(path)), create=False)
+
+
 def save_json(path: str, obj) -> None:
     """Write ``obj`` as indented JSON to ``path``, atomically."""
     _atomic_write(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=True).encode()))

@@ -14,7 +14,7 @@ LoRA step taking about 35,000 such page faults and a fifth of its time.
 memory is reused) and ``M_TOP_PAD`` (the heap keeps up to 64 MB of free
 memory at its top instead of trimming it). Importing ``minitspeft`` calls
 it once, unless the environment variable ``MINITSPEFT_KEEP_FREED_MEMORY``
-is ``0``; the settings are process-wide (they affect every library in the
+is ``0`` (or ``false``, ``no``, ``off``); the settings are process-wide (they affect every library in the
 process, as ``MALLOC_TOP_PAD_`` would). Elsewhere than on glibc it does
 nothing. Source: the glibc manual, "Malloc Tunable Parameters".
 """
@@ -25,6 +25,8 @@ import ctypes
 import os
 import platform
 import sys
+
+from .checks import check, is_int
 
 __all__ = ["keep_freed_memory", "memory_settings"]
 
@@ -51,21 +53,25 @@ def keep_freed_memory(top_pad_mb: int = 64, mmap_threshold_mb: int = 32) -> bool
 
     Args:
         top_pad_mb: free memory (MB) the heap keeps at its top rather than returning it (``M_TOP_PAD``).
-        mmap_threshold_mb: arrays smaller than this (MB) come from the heap (``M_MMAP_THRESHOLD``), at most 32.
+        mmap_threshold_mb: arrays smaller than this (MB) come from the heap (``M_MMAP_THRESHOLD``), 1 to 32.
+
+    glibc has no way to read its settings back, so there is no undo: a later call with other sizes, or
+    a new process with ``MINITSPEFT_KEEP_FREED_MEMORY=0``, is how to change them.
 
     Returns:
         True if glibc took both settings; False where the C library is not glibc (nothing changes).
 
     Raises:
-        ValueError: for a size that is not an integer in ``[0, 2047]`` MB, or a threshold above 32 MB.
+        ValueError: for a pad that is not an integer in ``[0, 2047]`` MB, or a threshold not in ``[1, 32]``.
     """
-    for name, value, high in (("top_pad_mb", top_pad_mb, 2047), ("mmap_threshold_mb", mmap_threshold_mb,
-                                                                 _MMAP_THRESHOLD_MAX_MB)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= high:
-            raise ValueError(f"keep_freed_memory: {name} must be an integer in [0, {high}], got {value!r}")
+    for name, value, low, high in (("top_pad_mb", top_pad_mb, 0, 2047),
+                                   ("mmap_threshold_mb", mmap_threshold_mb, 1, _MMAP_THRESHOLD_MAX_MB)):
+        check(is_int(value) and low <= value <= high, "keep_freed_memory", name, value,
+              f"an integer in [{low}, {high}]")
     mallopt = _glibc()
     if mallopt is None:
         return False
+    top_pad_mb, mmap_threshold_mb = int(top_pad_mb), int(mmap_threshold_mb)
     ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold_mb * 2**20)) and bool(mallopt(_M_TOP_PAD, top_pad_mb * 2**20))
     if ok:
         _settings.update(top_pad_mb=top_pad_mb, mmap_threshold_mb=mmap_threshold_mb)
@@ -79,6 +85,7 @@ def memory_settings() -> dict:
 
 
 def _on_import() -> None:
-    """Called once by ``import minitspeft``: keep freed memory unless ``MINITSPEFT_KEEP_FREED_MEMORY=0``."""
-    if os.environ.get("MINITSPEFT_KEEP_FREED_MEMORY", "1").strip() != "0":
+    """Called once by ``import minitspeft``: keep freed memory unless ``MINITSPEFT_KEEP_FREED_MEMORY`` is
+    ``0``, ``false``, ``no`` or ``off`` (any case)."""
+    if os.environ.get("MINITSPEFT_KEEP_FREED_MEMORY", "1").strip().lower() not in ("0", "false", "no", "off"):
         keep_freed_memory()

@@ -54,10 +54,25 @@ def test_the_update_share_counts_the_models_own_products(name):
     assert 0 < config.update_flop_share(cfg)["step"] < config.update_flop_share(cfg)["forward"]
 
 
-def test_bench_refuses_bad_counts():
-    proc = subprocess.run([sys.executable, "-m", "minitspeft.bench", "--steps", "0"], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 2 and "--steps must be >= 1" in proc.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--json", "{tmp}/missing/out.json"], "--json: folder '{tmp}/missing' does not exist"),
+    (["--json", "{tmp}"], "--json: '{tmp}' is a folder, not a file path"),
+    (["--json", ""], "--json: the path is empty"),
+])
+def test_bench_refuses_bad_arguments_before_it_runs(tmp_path, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "minitspeft.bench", "--config", "tiny", *args],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message.format(tmp=tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed here")
+def test_bench_refuses_a_backend_that_cannot_load():
+    proc = subprocess.run([sys.executable, "-m", "minitspeft.bench", "--config", "tiny", "--backend", "cupy"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--backend: set_backend('cupy'): CuPy is not installed" in proc.stderr
 
 
 def test_no_twins_leaves_only_the_minitspeft_steps():

@@ -90,3 +90,13 @@ def test_readme_token_selection_command_runs(tmp_path):
     assert (plots / "needle_layers.png").exists() and (plots / "digits_layers.png").exists()
     for name in ("needle_layers.png", "digits_layers.png"):  # the pictures the README links
         assert (ROOT / "docs" / "images" / name).stat().st_size > 5000
+
+
+def test_the_readme_lists_every_gate_config_field():
+    import dataclasses
+
+    from minitspeft.peft import GateConfig
+
+    listed = re.search(r"`GateConfig\((.*?)\)`, every field", (ROOT / "README.md").read_text(), re.S).group(1)
+    names = {re.split(r"[=\s]", part.strip())[0] for part in listed.replace("\n", " ").split(",")}
+    assert names == {f.name for f in dataclasses.fields(GateConfig)}

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .. import backend
 from ..viz import format_table
-from ..io import save_json
+from ..io import output_file_problem, save_json
 from .config import CONFIGS, VARIANTS, scaled, update_flop_share
 from .measure import run_in_child, worker
 
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", action="store_true", help="also time the step as seq_len and n_embd double")
     p.add_argument("--no-densities", action="store_true", help="skip the forced-density cases")
     p.add_argument("--no-twins", action="store_true", help="skip the PyTorch and HIPS autograd steps")
-    p.add_argument("--json", metavar="PATH", help="write {config, results} to PATH")
+    p.add_argument("--json", metavar="PATH", help="write {config, update_flop_share, results} to PATH")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -121,6 +121,14 @@ def main(argv=None) -> int:
             build_parser().error(f"--{name} must be >= 1")
     if args.warmup < 0:
         build_parser().error("--warmup must be >= 0")
+    problem = output_file_problem(args.json) if args.json is not None else None
+    if problem:  # refused before the run, not after it
+        build_parser().error(f"--json: {problem}")
+    if args.backend != backend.get_backend():
+        try:  # the children set it; a backend that cannot load is refused here, once
+            backend.set_backend(args.backend)
+        except (ImportError, ValueError) as exc:
+            build_parser().error(f"--backend: {exc}")
     results = []
     for case in tqdm(cases(args), desc="bench", leave=False):
         result = run_in_child(case)
