@@ -485,3 +485,13 @@ def test_the_issue_examples_at_large_magnitude_give_the_right_answer_in_float32(
     g = Tensor(np.array([2e19, -2e19, 3e38, -3e38], np.float32), requires_grad=True)
     F.gelu(g).sum().backward()
     np.testing.assert_array_equal(g.grad, [1.0, 0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("shape, axis", [((3,), 0), ((3,), -1), ((2, 3), 1), ((2, 3), 0), ((2, 12000, 3), 2)])
+def test_softmax_over_the_last_axis_named_either_way_and_across_blocks(shape, axis):
+    """The last axis runs block by block (24,000 rows of 3 span three blocks); named by its positive
+    index it must reduce over that axis, not over the blocks' own first axis."""
+    x = np.random.default_rng(0).normal(size=shape)
+    y = F.softmax(mt.Tensor(x), axis).data
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum(axis=axis, keepdims=True), rtol=1e-13)

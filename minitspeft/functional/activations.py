@@ -41,17 +41,17 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     _check_axis("softmax", x, axis)
     xp = backend.xp
     data = _floating(x.data)
-    if axis in (-1, data.ndim - 1):  # rows, in blocks that stay in cache (backend.blocks)
-        rows = data.reshape(-1, data.shape[-1])
+    if axis in (-1, data.ndim - 1):  # rows (N, C), in blocks that stay in cache (backend.blocks)
+        rows, ax = data.reshape(-1, data.shape[-1]), -1
         pieces = backend.blocks(rows.shape[0], rows.shape[1] * rows.itemsize)
     else:  # another axis: in one piece
-        rows, pieces = data, [...]
+        rows, ax, pieces = data, axis, [...]
     y = xp.empty_like(rows)
     for sl in pieces:
         xb, yb = rows[sl], y[sl]
-        xp.subtract(xb, xb.max(axis=axis, keepdims=True), out=yb)  # shifted, exponentiated, normalised
+        xp.subtract(xb, xb.max(axis=ax, keepdims=True), out=yb)  # shifted, exponentiated, normalised
         xp.exp(yb, out=yb)
-        yb /= yb.sum(axis=axis, keepdims=True)
+        yb /= yb.sum(axis=ax, keepdims=True)
 
     def backward(g):
         g2 = g.reshape(rows.shape)
@@ -59,7 +59,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
         for sl in pieces:
             gb, yb, db = g2[sl], y[sl], dx[sl]
             xp.multiply(gb, yb, out=db)
-            xp.subtract(gb, db.sum(axis=axis, keepdims=True), out=db)
+            xp.subtract(gb, db.sum(axis=ax, keepdims=True), out=db)
             db *= yb
         return (dx.reshape(x.shape),)
 
