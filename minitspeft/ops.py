@@ -51,7 +51,9 @@ def div(a, b) -> Tensor:
 
 
 def pow(a, b) -> Tensor:  # noqa: A001 - mirrors Tensor.__pow__
-    """``a ** b``. d/da = b a^(b-1); d/db = a^b log(a) (needs a > 0 where it is used).
+    """``a ** b``. d/da = b a^(b-1), and 0 wherever b = 0 (``x**0`` is constant, even at x = 0);
+    d/db = a^b log(a): 0 where a = 0 and b >= 0, -inf where a = 0 and b < 0, NaN where a < 0
+    (the logarithm is undefined there). These are PyTorch's values at those points.
 
     A Python-number exponent 2 or 3 is computed by multiplication (NumPy's
     float32 ``power`` is far slower).
@@ -63,10 +65,17 @@ def pow(a, b) -> Tensor:  # noqa: A001 - mirrors Tensor.__pow__
             return mul(mul(a, a), a)
     xp = backend.xp
 
-    def grad_b(g, x, y, out):
-        return g * out * xp.log(xp.where(x > 0, x, 1))
+    def grad_a(g, x, y, out):
+        with backend.quiet_overflow():  # 0 * inf at x = 0, y = 0 is replaced just below
+            d = g * y * xp.power(x, y - 1)
+        return xp.where(y == 0, 0, d)
 
-    return binary_op("pow", a, b, xp.power, lambda g, x, y, o: g * y * xp.power(x, y - 1), grad_b)
+    def grad_b(g, x, y, out):
+        with backend.quiet_overflow():  # log(0) = -inf, log(x < 0) = NaN: kept, as in PyTorch
+            d = g * out * xp.log(x)
+        return xp.where((x == 0) & (y >= 0), 0, d)
+
+    return binary_op("pow", a, b, xp.power, grad_a, grad_b)
 
 
 def _share_of_x(x, y):

@@ -8,7 +8,7 @@ back over the reduced axes. The table at the end attaches them to
 
 from __future__ import annotations
 
-import builtins  # this module's sum, max and min shadow the built-ins
+import warnings
 
 from . import backend
 from .checks import is_int
@@ -29,13 +29,21 @@ def normalize_axes(op: str, axis, ndim: int) -> tuple:
     axes = (axis,) if is_int(axis) else tuple(axis) if isinstance(axis, (tuple, list)) else None
     if axes is None or not all(is_int(ax) for ax in axes):
         raise TypeError(f"{op}: axis must be None, an integer or a tuple of integers, got {axis!r}")
+    low, high = (-1, 1) if ndim == 0 else (-ndim, ndim)  # a 0-d tensor takes axis 0 or -1, as in PyTorch
     for ax in axes:
-        if not -ndim <= ax < builtins.max(ndim, 1):
+        if not low <= ax < high:
             raise ValueError(f"{op}: axis {ax} is out of range for a tensor with {ndim} dimensions")
-    axes = tuple(sorted(ax % ndim if ndim else 0 for ax in axes))
+    if ndim == 0:
+        return ()  # reducing a 0-d tensor over "its" axis leaves it as it is
+    axes = tuple(sorted(ax % ndim for ax in axes))
     if len(set(axes)) != len(axes):
         raise ValueError(f"{op}: repeated axis in {axis}")
     return axes
+
+
+def _float_dtype(x: Tensor):
+    """The dtype of a statistic of ``x``: its own when floating, float64 for integers and booleans."""
+    return x.dtype if x.dtype.kind == "f" else backend.xp.float64
 
 
 def _expand(g, axes, keepdims):
@@ -70,6 +78,21 @@ def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     return ops.mul(sum(x, axes, keepdims), 1.0 / count if count else float("nan"))
 
 
+def _extreme(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
+    """``max`` or ``min`` (``op``) over ``axis`` of any dtype; the gradient is shared evenly among ties."""
+    axes = normalize_axes(op, axis, x.ndim)
+    if x.size == 0:
+        raise ValueError(f"{op}: cannot reduce an empty tensor of shape {x.shape}")
+    top = getattr(x.data, op)(axis=axes, keepdims=True)  # exact for every dtype (no negation to wrap)
+
+    def backward(g):
+        hit = (x.data == top).astype(x.dtype)
+        return (_expand(g, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True),)
+
+    out = top if keepdims else top.reshape([n for i, n in enumerate(top.shape) if i not in axes])
+    return Tensor.from_op(out, (x,), backward, op)
+
+
 @tensor_input
 def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Maximum over ``axis``; the gradient is shared evenly among tied maxima (as ``torch.amax``).
@@ -77,23 +100,18 @@ def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     Raises:
         ValueError: for an empty tensor or axis.
     """
-    axes = normalize_axes("max", axis, x.ndim)
-    if x.size == 0:
-        raise ValueError(f"max: cannot reduce an empty tensor of shape {x.shape}")
-    top = x.data.max(axis=axes, keepdims=True)
-
-    def backward(g):
-        hit = (x.data == top).astype(x.dtype)
-        return (_expand(g, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True),)
-
-    out = top if keepdims else top.reshape([n for i, n in enumerate(top.shape) if i not in axes])
-    return Tensor.from_op(out, (x,), backward, "max")
+    return _extreme("max", x, axis, keepdims)
 
 
 @tensor_input
 def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
-    """Minimum over ``axis``: ``-max(-x)``."""
-    return ops.neg(max(ops.neg(x), axis, keepdims))
+    """Minimum over ``axis``, computed directly (``-max(-x)`` would wrap for unsigned and extreme
+    integers and fail for booleans); the gradient is shared evenly among tied minima (``torch.amin``).
+
+    Raises:
+        ValueError: for an empty tensor or axis.
+    """
+    return _extreme("min", x, axis, keepdims)
 
 
 @tensor_input
@@ -102,15 +120,18 @@ def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Te
 
     ``correction=0`` is the population variance (NumPy's default), ``1`` the
     unbiased sample variance (PyTorch's default). d/dx = 2 (x - mean) / (count - correction).
-
-    Raises:
-        ValueError: if ``count - correction`` is not positive.
+    Where ``count - correction`` is not positive (an empty axis, or one element with
+    ``correction=1``), the variance is NaN with a ``RuntimeWarning``, as in NumPy and PyTorch.
     """
     axes = normalize_axes("var", axis, x.ndim)
     count = _count(x.shape, axes)
     denom = count - correction
     if denom <= 0:
-        raise ValueError(f"var: {count} elements with correction {correction} leave no degrees of freedom")
+        warnings.warn(f"var: {count} elements with correction {correction} leave no degrees of freedom; "
+                      "the variance is NaN", RuntimeWarning, stacklevel=2)
+        shape = x.data.sum(axis=axes, keepdims=keepdims).shape
+        return Tensor.from_op(backend.xp.full(shape, float("nan"), dtype=_float_dtype(x)), (x,),
+                              lambda g: (backend.xp.full(x.shape, float("nan"), dtype=x.dtype),), "var")
     centred = x.data - x.data.mean(axis=axes, keepdims=True)
     out = (centred * centred).sum(axis=axes, keepdims=keepdims) / x.dtype.type(denom)
 

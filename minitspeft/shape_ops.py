@@ -88,7 +88,14 @@ def broadcast_to(x: Tensor, shape) -> Tensor:
 
 @tensor_input
 def getitem(x: Tensor, index) -> Tensor:
-    """``x[index]`` for ints, slices, integer arrays and boolean masks.
+    """``x[index]`` for ints, slices, integer arrays and boolean masks, with NumPy's rules.
+
+    Where they differ from PyTorch's: NumPy counts an integer as an advanced
+    index when an array index is present, and when advanced indices are
+    separated by a slice their axes go first. So ``x[1, :, 3:11:2, idx, 0:2]``
+    on a ``(2, 3, 12, 5, 4)`` tensor with ``idx`` of length 2 is
+    ``(2, 3, 4, 2)`` here (NumPy) and ``(3, 4, 2, 2)`` in PyTorch. Write
+    ``x[1][:, 3:11:2, idx, 0:2]`` for PyTorch's layout.
 
     The backward scatters ``g`` into zeros with accumulation, so a repeated
     index receives the sum of its gradients.

@@ -29,7 +29,10 @@ Semantics (they follow PyTorch):
   derivative 0 at 0; tied maxima (``max``, ``maximum``) share the gradient
   evenly; ``norm`` (and the gate's ratio) use 0 at a zero vector, so a LoRA
   update that starts at zero has a finite gradient; ``sqrt`` at 0 is
-  infinite, as in PyTorch: use ``norm`` for lengths.
+  infinite, as in PyTorch: use ``norm`` for lengths. ``x ** y`` has
+  PyTorch's values at exceptional points: ``d/dx x**0 = 0`` even at 0, and
+  ``d/dy`` is 0 at a zero base with ``y >= 0``, ``-inf`` with ``y < 0``, NaN
+  at a negative base.
 
 This module holds the graph and nothing else: it imports no op module. The
 op modules (``ops``, ``shape_ops``, ``reductions``) attach the operators and
