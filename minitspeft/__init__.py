@@ -5,6 +5,8 @@ decides per token whether the update is applied. Start with
 ``python -m minitspeft.demo`` and the README.
 """
 
+import importlib
+
 from . import memory
 from .backend import get_backend, manual_seed, set_backend, to_numpy
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
@@ -12,6 +14,17 @@ from . import ops, reductions  # noqa: F401 - importing them attaches the operat
 from .shape_ops import concat, stack, where
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("nn", "optim", "functional", "peft", "train", "data", "testing", "extend")
+
+
+def __getattr__(name: str):
+    """``mt.nn``, ``mt.optim``, ``mt.functional``, ``mt.peft``, ``mt.train``, ... after ``import minitspeft as mt``
+    alone, as ``torch.nn`` is there after ``import torch`` (each imported when first used)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'minitspeft' has no attribute {name!r}")
+
 
 memory._on_import()  # keep freed array memory for reuse (glibc; MINITSPEFT_KEEP_FREED_MEMORY=0 turns it off)
 

@@ -56,6 +56,31 @@ def tensor_input(fn):
     return checked
 
 
+_UNSET = object()
+
+
+def torch_names(fn):
+    """Decorator: accept PyTorch's ``dim=`` and ``keepdim=`` as aliases of ``axis=`` and ``keepdims=``.
+
+    Raises (from the decorated function):
+        TypeError: when an argument is given under both names (one positionally, or both as keywords).
+    """
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def renamed(x, *args, dim=_UNSET, keepdim=_UNSET, **kwargs):
+        for alias, value, canonical, position in (("dim", dim, "axis", 0), ("keepdim", keepdim, "keepdims", 1)):
+            if value is _UNSET:
+                continue
+            if canonical in kwargs or len(args) > position:
+                raise TypeError(f"{name}: got both {canonical} and {alias} (the same argument, under "
+                                "NumPy's and PyTorch's names); give one")
+            kwargs[canonical] = value
+        return fn(x, *args, **kwargs)
+
+    return renamed
+
+
 def unbroadcast(grad, shape: tuple):
     """Sum ``grad`` over the axes that broadcasting added or stretched, to get ``shape``.
 

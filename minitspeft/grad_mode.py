@@ -32,11 +32,23 @@ class no_grad:
         with mt.no_grad():
             logits = model(x)      # no graph, no gradient memory
 
-        @mt.no_grad()
+        @mt.no_grad()              # or @mt.no_grad, as PyTorch allows
         def evaluate(...): ...
+
+    Raises:
+        TypeError: for an argument that is not a function.
     """
 
     _mode = False
+
+    def __new__(cls, func=None):
+        self = super().__new__(cls)
+        if func is None:
+            return self
+        if not callable(func):
+            raise TypeError(f"{cls.__name__}: takes no argument, or the function it decorates; got "
+                            f"{type(func).__name__}")
+        return self(func)  # used as a bare decorator
 
     def __enter__(self):
         # a stack, so that one object can be entered twice (nested) and still restore the right mode

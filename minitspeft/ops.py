@@ -200,6 +200,29 @@ def matmul(a, b) -> Tensor:
     return Tensor.from_op(out, (a, b), backward, "matmul")
 
 
+# ------------------------------------------------- copies and casts
+
+
+@tensor_input
+def clone(x: Tensor) -> Tensor:
+    """A copy of ``x`` with its own data; the gradient passes through unchanged (as ``torch.clone``)."""
+    return Tensor.from_op(x.data.copy(), (x,), lambda g: (g,), "clone")
+
+
+@tensor_input
+def to_dtype(x: Tensor, dtype) -> Tensor:
+    """``x`` cast to ``dtype``; the gradient is cast back to ``x``'s dtype (as ``torch.Tensor.to(dtype)``).
+
+    Raises:
+        TypeError: for a dtype that is not floating while ``x`` requires gradients.
+    """
+    dtype = backend.xp.dtype(dtype)
+    if x.requires_grad and dtype.kind != "f":
+        raise TypeError(f"to_dtype: a tensor that requires gradients can only be cast to a floating dtype, "
+                        f"got {dtype}")
+    return Tensor.from_op(x.data.astype(dtype), (x,), lambda g: (g.astype(x.dtype),), "to_dtype")
+
+
 # ------------------------------------------------- operators and methods
 
 attach_methods({
@@ -211,4 +234,6 @@ attach_methods({
     "__matmul__": matmul, "__rmatmul__": lambda self, other: matmul(other, self),
     "__neg__": neg,
     "exp": exp, "log": log, "sqrt": sqrt, "tanh": tanh, "sigmoid": sigmoid, "relu": relu, "abs": abs,
+    "clone": clone, "to": to_dtype,
+    "float": lambda self: to_dtype(self, "float32"), "double": lambda self: to_dtype(self, "float64"),
 })

@@ -85,11 +85,15 @@ class Optimizer:
         """The learning rate of ``group`` for the step about to be taken: 0 while the group is frozen."""
         return 0.0 if self.step_count < group["frozen_until"] else group["lr"]
 
-    def zero_grad(self) -> None:
-        """Drop the gradients of every parameter in every group."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients of every parameter in every group (``grad = None``), or with
+        ``set_to_none=False`` fill the existing ones with zeros in place (PyTorch's two modes)."""
         for group in self.param_groups:
             for p in group["params"]:
-                p.grad = None
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0
 
     def parameters(self) -> list:
         """Every parameter of every group, in order (the order :meth:`state_dict` numbers them in)."""
@@ -336,3 +340,6 @@ def clip_grad_norm(params, max_norm: float) -> float:
         for p in params:
             p.grad = p.grad * p.grad.dtype.type(scale)
     return total
+
+
+clip_grad_norm_ = clip_grad_norm  # PyTorch's name (the trailing underscore: it changes the gradients in place)

@@ -1,7 +1,7 @@
 """Reductions over axes and their vector-Jacobian products: ``sum``, ``mean``, ``max``, ``min``, ``var``, ``norm``.
 
 ``axis`` is an int, a tuple of ints, or None (all axes); ``keepdims`` keeps
-the reduced axes with size 1. Each backward expands the upstream gradient
+the reduced axes with size 1 (PyTorch's ``dim`` and ``keepdim`` are accepted too). Each backward expands the upstream gradient
 back over the reduced axes. The table at the end attaches them to
 :class:`~minitspeft.tensor.Tensor` as methods (``t.sum(axis=1)``).
 """
@@ -13,7 +13,7 @@ import warnings
 from . import backend
 from .checks import is_int
 from . import ops
-from .extend import tensor_input
+from .extend import tensor_input, torch_names
 from .tensor import Tensor, attach_methods
 
 
@@ -58,6 +58,7 @@ def _count(shape, axes) -> int:
 
 
 @tensor_input
+@torch_names
 def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Sum over ``axis``. d/dx = 1, broadcast back over the reduced axes."""
     axes = normalize_axes("sum", axis, x.ndim)
@@ -70,6 +71,7 @@ def sum(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
 
 @tensor_input
+@torch_names
 def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Mean over ``axis``: ``sum / count`` (the count never promotes a float32 tensor); the mean of no
     elements is NaN, as in NumPy and PyTorch."""
@@ -94,6 +96,7 @@ def _extreme(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
 
 
 @tensor_input
+@torch_names
 def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Maximum over ``axis``; the gradient is shared evenly among tied maxima (as ``torch.amax``).
 
@@ -104,6 +107,7 @@ def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
 
 @tensor_input
+@torch_names
 def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
     """Minimum over ``axis``, computed directly (``-max(-x)`` would wrap for unsigned and extreme
     integers and fail for booleans); the gradient is shared evenly among tied minima (``torch.amin``).
@@ -115,6 +119,7 @@ def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
 
 
 @tensor_input
+@torch_names
 def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Tensor:
     """Variance over ``axis``: ``sum((x - mean)^2) / (count - correction)``.
 
@@ -166,6 +171,7 @@ def stable_norm(a, axes) -> object:
 
 
 @tensor_input
+@torch_names
 def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Euclidean (L2) norm over ``axis``, right at any magnitude (:func:`stable_norm`).
 

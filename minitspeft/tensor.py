@@ -295,6 +295,38 @@ class Tensor:
         """Return the data as a NumPy array on the host (a copy for CuPy data)."""
         return backend.to_numpy(self.data)
 
+    def tolist(self):
+        """The data as (nested) Python lists of numbers, as ``ndarray.tolist``."""
+        return backend.to_numpy(self.data).tolist()
+
+    def numel(self) -> int:
+        """The number of elements (PyTorch's name; ``size`` here is that number too, as in NumPy)."""
+        return int(self.data.size)
+
+    def __array__(self, dtype=None, copy=None):
+        """``np.asarray(t)``: the data as a host NumPy array (not an object array holding the Tensor)."""
+        out = backend.to_numpy(self.data)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _one_element(self, kind: str):
+        if self.data.size != 1:
+            raise ValueError(f"{kind}: only a tensor with one element can be converted, got shape {self.shape} "
+                             f"(as PyTorch, the truth or value of several elements is ambiguous)")
+        return self.data.reshape(()).item()
+
+    def __float__(self) -> float:
+        """``float(t)`` for a one-element tensor. Raises ValueError for several elements."""
+        return float(self._one_element("float"))
+
+    def __int__(self) -> int:
+        """``int(t)`` for a one-element tensor. Raises ValueError for several elements."""
+        return int(self._one_element("int"))
+
+    def __bool__(self) -> bool:
+        """``bool(t)`` and ``if t:`` for a one-element tensor (its value, not whether it exists).
+        Raises ValueError for several elements (or none)."""
+        return bool(self._one_element("bool"))
+
     def item(self):
         """Return the single element as a Python number.
 

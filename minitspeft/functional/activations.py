@@ -11,7 +11,7 @@ import math
 
 from .. import backend
 from ..checks import is_int
-from ..extend import tensor_input
+from ..extend import tensor_input, torch_names
 from ..tensor import Tensor
 
 __all__ = ["softmax", "log_softmax", "gelu"]
@@ -32,6 +32,7 @@ def _floating(data):
 
 
 @tensor_input
+@torch_names
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """Softmax along ``axis``, shifted by the maximum so large logits never overflow.
 
@@ -74,6 +75,7 @@ def log_softmax_array(data, axis):
 
 
 @tensor_input
+@torch_names
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """``x - logsumexp(x)`` along ``axis``, exact for logits of any magnitude.
 

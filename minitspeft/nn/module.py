@@ -147,10 +147,14 @@ class Module:
             p.requires_grad_(flag)
         return self
 
-    def zero_grad(self) -> None:
-        """Drop every parameter's gradient (``grad = None``)."""
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop every parameter's gradient (``grad = None``), or with ``set_to_none=False`` fill the existing
+        gradients with zeros in place (PyTorch's two modes)."""
         for p in self.parameters():
-            p.grad = None
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad[...] = 0
 
     # --------------------------------------------------------- state dicts
     def state_dict(self) -> "OrderedDict[str, object]":
