@@ -309,23 +309,16 @@ class Tensor:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def _one_element(self, kind: str):
+        """The value behind ``float(t)``, ``int(t)`` and ``bool(t)`` / ``if t:`` (by value, as PyTorch).
+        Raises ValueError for a tensor of several elements (or none)."""
         if self.data.size != 1:
             raise ValueError(f"{kind}: only a tensor with one element can be converted, got shape {self.shape} "
                              f"(as PyTorch, the truth or value of several elements is ambiguous)")
         return self.data.reshape(()).item()
 
-    def __float__(self) -> float:
-        """``float(t)`` for a one-element tensor. Raises ValueError for several elements."""
-        return float(self._one_element("float"))
-
-    def __int__(self) -> int:
-        """``int(t)`` for a one-element tensor. Raises ValueError for several elements."""
-        return int(self._one_element("int"))
-
-    def __bool__(self) -> bool:
-        """``bool(t)`` and ``if t:`` for a one-element tensor (its value, not whether it exists).
-        Raises ValueError for several elements (or none)."""
-        return bool(self._one_element("bool"))
+    __float__ = lambda self: float(self._one_element("float"))  # noqa: E731
+    __int__ = lambda self: int(self._one_element("int"))  # noqa: E731
+    __bool__ = lambda self: bool(self._one_element("bool"))  # noqa: E731
 
     def item(self):
         """Return the single element as a Python number.
