@@ -128,10 +128,10 @@ def lora_ratio(b: Tensor, u: Tensor, lora_B: Tensor, scaling: float, eps: float 
             active = xp.flatnonzero(k)
             if active.size == k.size:
                 gb = b2 * coef[:, None]
-            else:  # the surrogate is exactly flat at the other tokens: nothing to add there
+            elif active.size:  # the surrogate is exactly flat at the other tokens: nothing to add there
                 gb = xp.zeros_like(b2)
                 gb[active] = b2[active] * coef[active, None]
-            gb = gb.reshape(b.shape)
+            gb = None if gb is None else gb.reshape(b.shape)  # None: flat at every token
         return gb, gu, gW
 
     return Tensor.from_op(r.reshape(b.shape[:-1]), (b, u, lora_B), backward, "lora_ratio")
