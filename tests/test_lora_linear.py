@@ -76,6 +76,8 @@ def test_bad_shapes_are_named():
         lora_linear(mt.Tensor(np.ones((2, 6))), w, None, A, B.swapaxes(0, 1), 1.0)
     with pytest.raises(TypeError, match="lora_linear: x must be a Tensor"):
         lora_linear(np.ones((2, 6)), w, None, A, B, 1.0)
+    with pytest.raises(ValueError, match=r"dora_linear: shapes do not fit: x \(2, 4\)"):
+        dora_linear(mt.Tensor(np.ones((2, 4))), w, None, A, B, mt.Tensor(np.ones(5)), 1.0)
     with pytest.raises(ValueError, match=r"dora_linear: magnitude shape \(4,\) does not match weight \(5, 6\)"):
         dora_linear(mt.Tensor(np.ones((2, 6))), w, None, A, B, mt.Tensor(np.ones(4)), 1.0)
 

@@ -15,7 +15,7 @@ from ..nn.module import Parameter
 from ..tensor import Tensor
 from .base import PeftLayer
 from .config import GateConfig, LoraConfig
-from .lora_linear import dora_linear, lora_linear, merged_weight
+from .lora_linear import dora_linear, lora_linear, merged_weight, row_norm
 from .low_rank_gate import gated_lora_update
 
 
@@ -81,8 +81,7 @@ class LoraLinear(PeftLayer):
 
     def combined_weight_norm(self):
         """``||W0 + scaling B A||`` of each row (over the input dimension): a backend array ``(out_features,)``."""
-        w = merged_weight(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight, self.scaling)
-        return backend.xp.sqrt((w * w).sum(axis=1))
+        return row_norm(merged_weight(self.base_layer.weight, self.lora_A.weight, self.lora_B.weight, self.scaling))
 
     def delta(self, x: Tensor, b: Tensor) -> Tensor:
         """The update ``d`` (LoRA or DoRA, see the class docstring), shape ``(..., out_features)``."""
@@ -139,9 +138,9 @@ class LoraLinear(PeftLayer):
             return
         w = self.base_layer.weight
         self._unmerged_weight = w.data.copy()
-        merged = w.data + self.delta_weight()
+        merged = merged_weight(w, self.lora_A.weight, self.lora_B.weight, self.scaling)
         if self.use_dora:
-            merged = merged * (self.lora_magnitude_vector.data / self.combined_weight_norm())[:, None]
+            merged = merged * (self.lora_magnitude_vector.data / row_norm(merged))[:, None]
         w.data = merged
         self.merged = True
 

@@ -40,6 +40,25 @@ def merged_weight(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float
     return merged
 
 
+def row_norm(merged):
+    """``||W'||`` of each row of a merged weight ``(C_out, C_in)`` (over the input dimension): ``(C_out,)``."""
+    return backend.xp.sqrt((merged * merged).sum(axis=1))
+
+
+def _check_shapes(op: str, x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor) -> None:
+    for name, t in (("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
+        require_tensor(op, name, t)
+    if bias is not None:
+        require_tensor(op, "bias", bias)
+    C_out, C_in = weight.shape if weight.ndim == 2 else (None, None)
+    R = lora_A.shape[0] if lora_A.ndim == 2 else None
+    if (C_out is None or x.ndim == 0 or x.shape[-1] != C_in or lora_A.shape != (R, C_in)
+            or lora_B.shape != (C_out, R) or (bias is not None and bias.shape != (C_out,))):
+        raise ValueError(f"{op}: shapes do not fit: x {x.shape}, weight {weight.shape} (out, in), "
+                         f"lora_A {lora_A.shape} (r, in), lora_B {lora_B.shape} (out, r), "
+                         f"bias {None if bias is None else bias.shape}")
+
+
 def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
                 scaling: float) -> Tensor:
     """``x @ (W0 + scaling * B @ A).T + bias`` with the LoRA gradients of the separate branches.
@@ -57,19 +76,14 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
 
     Formulas: the module docstring (the LoRA update of Hu et al. 2021, merged as peft's ``merge`` does).
     """
-    for name, t in (("x", x), ("weight", weight), ("lora_A", lora_A), ("lora_B", lora_B)):
-        require_tensor("lora_linear", name, t)
-    if bias is not None:
-        require_tensor("lora_linear", "bias", bias)
-    C_out, C_in = weight.shape if weight.ndim == 2 else (None, None)
-    R = lora_A.shape[0] if lora_A.ndim == 2 else None
-    if (C_out is None or x.ndim == 0 or x.shape[-1] != C_in or lora_A.shape != (R, C_in)
-            or lora_B.shape != (C_out, R) or (bias is not None and bias.shape != (C_out,))):
-        raise ValueError(f"lora_linear: shapes do not fit: x {x.shape}, weight {weight.shape} (out, in), "
-                         f"lora_A {lora_A.shape} (r, in), lora_B {lora_B.shape} (out, r), "
-                         f"bias {None if bias is None else bias.shape}")
+    _check_shapes("lora_linear", x, weight, bias, lora_A, lora_B)
+    return _merged_product(x, weight, bias, lora_A, lora_B, scaling, merged_weight(weight, lora_A, lora_B, scaling))
+
+
+def _merged_product(x, weight, bias, lora_A, lora_B, scaling, merged) -> Tensor:
+    """The op of :func:`lora_linear`, given the shapes checked and ``merged = W0 + s B A``."""
+    C_out, C_in = weight.shape
     s = weight.dtype.type(scaling)
-    merged = merged_weight(weight, lora_A, lora_B, scaling)
     x2 = x.data.reshape(-1, C_in)
     out = x2 @ merged.T
     if bias is not None:
@@ -105,12 +119,13 @@ def dora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
     Formulas: the module docstring (DoRA, Liu et al. 2024, section 4.3 for the constant norm; the
     backward derived here).
     """
+    _check_shapes("dora_linear", x, weight, bias, lora_A, lora_B)
     require_tensor("dora_linear", "magnitude", magnitude)
     if magnitude.shape != weight.shape[:1]:
         raise ValueError(f"dora_linear: magnitude shape {magnitude.shape} does not match weight {weight.shape}")
-    z = lora_linear(x, weight, None, lora_A, lora_B, scaling)  # x W'^T, with its own backward
-    merged = merged_weight(weight, lora_A, lora_B, scaling)
-    norm = backend.xp.sqrt((merged * merged).sum(axis=1))  # ||W'||_row, a constant here
+    merged = merged_weight(weight, lora_A, lora_B, scaling)  # formed once: the product and the norm share it
+    z = _merged_product(x, weight, None, lora_A, lora_B, scaling, merged)  # x W'^T, with its own backward
+    norm = row_norm(merged)  # ||W'||_row, a constant here
     c = magnitude.data / norm
     out = z.data * c
     if bias is not None:
