@@ -10,7 +10,6 @@ import warnings
 import numpy as np
 import pytest
 
-import minitspeft as mt
 from minitspeft import Tensor
 from minitspeft.testing import check_grad
 
