@@ -20,6 +20,7 @@ import numpy as np
 from . import backend
 from .io import load_arrays, save_arrays
 from .nn.module import Module
+from .optim_state import state_dict_from_arrays, state_dict_to_arrays
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -100,12 +101,16 @@ def save_checkpoint(folder: str, model: Module, opt, step: int, history: list, f
     """Write model, optimiser and RNG state after ``step`` steps to ``folder/checkpoint.npz`` as one unit
     (a readable copy of its record goes to ``checkpoint.npz.json``); return the path.
 
+    The optimiser's state dict is stored in its flat form (:func:`~minitspeft.optim_state.state_dict_to_arrays`):
+    arrays ``optim.{index}.{key}`` and the record's ``"optim"`` entry. The file is written whole or not at all
+    (:func:`~minitspeft.io.save_arrays`), so weights and record are both new or both old.
+
     Raises:
         OSError: if the folder cannot be created or written (the previous checkpoint stays whole).
     """
     os.makedirs(folder, exist_ok=True)
     arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
-    opt_arrays, opt_meta = opt.state_dict()
+    opt_arrays, opt_meta = state_dict_to_arrays(opt.state_dict())  # the optimiser's state dict, flat
     arrays.update({f"optim.{k}": v for k, v in opt_arrays.items()})
     meta = {"step": step, "history": history, "rng": backend.get_rng_state(), "optim": opt_meta,
             "fingerprint": fingerprint}
@@ -140,7 +145,8 @@ def _check_values(where: str, model: Module, arrays: dict) -> None:
 
 
 def load_checkpoint(folder: str, model: Module, opt, fingerprint: dict, steps: int) -> tuple:
-    """Restore a checkpoint written by :func:`save_checkpoint`; return ``(step, history)``.
+    """Restore a checkpoint written by :func:`save_checkpoint`; return ``(step, history)``. Files written before
+    the optimiser's state dict took PyTorch's layout (AdamW's ``m`` and ``v``, groups without indices) load too.
 
     Raises:
         ValueError: if the file is damaged, its record is incomplete, its step is past ``steps``,
@@ -156,13 +162,14 @@ def load_checkpoint(folder: str, model: Module, opt, fingerprint: dict, steps: i
     _check_values(where, model, arrays)
     before = (model.state_dict(), opt.state_dict(), backend.get_rng_state())
     try:
+        opt_state = state_dict_from_arrays({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
+                                           meta["optim"], [len(g["params"]) for g in opt.param_groups], where)
         model.load_state_dict({k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")})
-        opt.load_state_dict({k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")},
-                            meta["optim"])
+        opt.load_state_dict(opt_state)
         backend.set_rng_state(meta["rng"])
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         model.load_state_dict(before[0])
-        opt.load_state_dict(*before[1])
+        opt.load_state_dict(before[1])
         backend.set_rng_state(before[2])
         raise ValueError(f"{where} does not fit this model/optimiser: {exc}") from exc
     return meta["step"], list(meta["history"])

@@ -8,17 +8,27 @@ parameters with ``requires_grad`` and a gradient are updated. A group with
 with a ``lower_bound`` (the gate threshold ``tau``) is projected onto
 ``>= lower_bound`` after every step: the proximal step for that constraint,
 done here so that no training loop can forget it.
+
+Settings are stored as Python numbers, and :meth:`step` reads them as such, so a NumPy scalar
+(``lr=np.float64(1e-3)``) never turns float32 parameters into float64 ones. :meth:`Optimizer.state_dict`
+returns one dict laid out as PyTorch's (copies, not views); :mod:`minitspeft.optim_state` checks it on
+loading and gives its flat form for files.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 from . import backend
-from .checks import check, check_int, check_number, is_number
+from .checks import check, check_int, check_number, is_int, is_number
 from .nn.module import Parameter
+from .optim_state import checked_groups, checked_state, state_dict_from_arrays, state_dict_to_arrays
 from .reductions import stable_norm
 from .tensor import Tensor
+
+__all__ = ["Optimizer", "SGD", "AdamW", "warmup_cosine", "set_lr_factor", "clip_grad_norm", "clip_grad_norm_",
+           "state_dict_to_arrays", "state_dict_from_arrays"]
 
 
 class Optimizer:
@@ -68,22 +78,27 @@ class Optimizer:
                 seen.add(id(p))
             group.setdefault("initial_lr", group["lr"])
             check_int(type(self).__name__, "frozen_until", group.setdefault("frozen_until", 0), 0)
+            check_number(type(self).__name__, "initial_lr", group["initial_lr"], 0)
             self._check_group(group)
+            group["frozen_until"], group["initial_lr"] = int(group["frozen_until"]), float(group["initial_lr"])
             self.param_groups.append(group)
         self.state: dict = {}
         self.step_count = 0
 
     def _check_group(self, group: dict) -> None:
-        """Check a group's settings (subclasses add their own); raise ``ValueError`` naming the bad one."""
+        """Check a group's settings (subclasses add their own) and store numbers as Python floats; raise
+        ``ValueError`` naming the bad one."""
         n = type(self).__name__
-        check_number(n, "lr", group["lr"], 0)
-        check_number(n, "weight_decay", group["weight_decay"], 0)
+        for name in ("lr", "weight_decay"):
+            check_number(n, name, group[name], 0)
+            group[name] = float(group[name])
 
     _state_keys: tuple = ()  # the per-parameter state arrays a subclass keeps besides "step"
 
     def lr_of(self, group: dict) -> float:
-        """The learning rate of ``group`` for the step about to be taken: 0 while the group is frozen."""
-        return 0.0 if self.step_count < group["frozen_until"] else group["lr"]
+        """The learning rate of ``group`` for the step about to be taken (a Python float, whatever was stored
+        in the group): 0 while the group is frozen."""
+        return 0.0 if self.step_count < group["frozen_until"] else float(group["lr"])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the gradients of every parameter in every group (``grad = None``), or with
@@ -99,67 +114,65 @@ class Optimizer:
         """Every parameter of every group, in order (the order :meth:`state_dict` numbers them in)."""
         return [p for group in self.param_groups for p in group["params"]]
 
-    def state_dict(self) -> tuple:
-        """``(arrays, meta)``: per-parameter state arrays named ``"{index}.{key}"`` and a JSON-able dict
-        with the groups' settings and the per-parameter step counts."""
-        arrays, steps = {}, {}
-        for i, p in enumerate(self.parameters()):
-            st = self.state.get(id(p))
-            if st is None:
-                continue
-            for key, value in st.items():
-                if key == "step":
-                    steps[str(i)] = value
-                else:
-                    arrays[f"{i}.{key}"] = value
-        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
-        for g in groups:
-            if "betas" in g:
-                g["betas"] = list(g["betas"])
-        return arrays, {"groups": groups, "steps": steps, "step_count": self.step_count}
+    def state_dict(self) -> dict:
+        """The optimiser's state as one dict, laid out as PyTorch's ``torch.optim.Optimizer.state_dict()``::
 
-    def load_state_dict(self, arrays: dict, meta: dict) -> None:
-        """Restore what :meth:`state_dict` returned, for the same parameters in the same order.
+            {"state": {index: {"step": int, "exp_avg": array, ...}},   # only parameters stepped so far
+             "param_groups": [{"lr": ..., "weight_decay": ..., ..., "params": [index, ...]}],
+             "step_count": int}
+
+        ``index`` numbers the parameters over all groups in order (:meth:`parameters`). The per-parameter
+        keys are ``_state_keys`` (``exp_avg``, ``exp_avg_sq`` for AdamW, ``momentum_buffer`` for SGD, as in
+        PyTorch). ``step_count`` is not in PyTorch's dict (its schedulers count their own steps): it is the
+        number of :meth:`step` calls, which ``frozen_until`` reads.
+
+        Unlike PyTorch, which returns references to its live tensors, the arrays are copies and the groups
+        new dicts: changing the result never changes the optimiser, and later steps never change the result.
+        """
+        index = {id(p): i for i, p in enumerate(self.parameters())}
+        state = {index[id(p)]: {k: (v if k == "step" else v.copy()) for k, v in self.state[id(p)].items()}
+                 for p in self.parameters() if id(p) in self.state}
+        groups, first = [], 0
+        for g in self.param_groups:
+            groups.append({**{k: v for k, v in g.items() if k != "params"},
+                           "params": list(range(first, first + len(g["params"])))})
+            first += len(g["params"])
+        return {"state": state, "param_groups": groups, "step_count": self.step_count}
+
+    def load_state_dict(self, state_dict: dict, meta: dict | None = None) -> None:
+        """Restore what :meth:`state_dict` returned (as ``torch.optim.Optimizer.load_state_dict``): the saved
+        parameters map in order onto this optimiser's, group by group. The arrays are copied (cast to each
+        parameter's dtype); the groups' settings are replaced by the saved ones.
+
+        The old two-argument form ``load_state_dict(arrays, meta)`` (the flat form of
+        :func:`state_dict_to_arrays`) still works, with a ``DeprecationWarning``.
 
         Raises:
-            ValueError: if the group count, an index, or a state array's shape does not match, or the
-                step count is missing; nothing is changed when it is raised.
+            TypeError: for something that is not such a dict.
+            ValueError: naming ``load_state_dict`` and the mismatch: the number of groups or of parameters in
+                a group, a group's setting names or values, an index, a state's keys, a step, an array's shape
+                or dtype (floating only), the step count. Everything is checked before anything changes, so
+                nothing is changed when it is raised.
         """
-        if not hasattr(arrays, "items") or not isinstance(meta, dict) or not isinstance(meta.get("groups"), list):
-            raise TypeError(f"{type(self).__name__}.load_state_dict: expected (arrays dict, meta dict) from "
-                            "state_dict()")
-        params = self.parameters()
-        if not isinstance(meta.get("step_count"), int):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: the saved state has no step count")
-        if len(meta["groups"]) != len(self.param_groups):
-            raise ValueError(f"{type(self).__name__}.load_state_dict: {len(meta['groups'])} groups saved, "
-                             f"{len(self.param_groups)} present")
-        state: dict = {}
-        for name, value in arrays.items():
-            idx, _, key = name.partition(".")
-            if not idx.isdigit() or int(idx) >= len(params) or tuple(value.shape) != params[int(idx)].shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: state {name!r} does not fit the parameters")
-            p = params[int(idx)]
-            state.setdefault(id(p), {})[key] = backend.asarray(value, dtype=p.dtype).copy()
-        for idx, step in meta["steps"].items():
-            if not idx.isdigit() or int(idx) >= len(params) or not isinstance(step, int) or step < 1:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: step {step!r} of parameter {idx!r} "
-                                 "does not fit the parameters")
-            state.setdefault(id(params[int(idx)]), {})["step"] = int(step)
-        for key_set in state.values():
-            if set(key_set) != {"step", *self._state_keys}:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: a parameter's state has keys "
-                                 f"{sorted(key_set)}, expected {sorted({'step', *self._state_keys})}")
-        if meta["step_count"] < 0:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: step count {meta['step_count']} is negative")
-        for group, saved in zip(self.param_groups, meta["groups"], strict=True):
-            if set(saved) != set(group) - {"params"}:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: saved group settings {sorted(saved)} "
-                                 f"are not this optimiser's {sorted(set(group) - {'params'})}")
-        for group, saved in zip(self.param_groups, meta["groups"], strict=True):
-            group.update({k: (tuple(v) if k == "betas" else v) for k, v in saved.items()})
+        n = f"{type(self).__name__}.load_state_dict"
+        if meta is not None:  # the flat form, as state_dict() returned it before
+            warnings.warn(f"{n}(arrays, meta) is deprecated: pass the one dict state_dict() returns",
+                          DeprecationWarning, stacklevel=2)
+            state_dict = state_dict_from_arrays(state_dict, meta, [len(g["params"]) for g in self.param_groups], n)
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"{n}: expected the dict state_dict() returns, got {type(state_dict).__name__}")
+        missing = [k for k in ("state", "param_groups", "step_count") if k not in state_dict]
+        if missing:
+            raise ValueError(f"{n}: the state dict has no {missing} (keys: {sorted(map(str, state_dict))})")
+        step_count = state_dict["step_count"]
+        if not is_int(step_count) or step_count < 0:
+            raise ValueError(f"{n}: step_count must be an integer >= 0, got {step_count!r}")
+        groups, params = checked_groups(self, n, state_dict["param_groups"])
+        state = checked_state(self, n, state_dict["state"], params, int(step_count))
+        for group, saved in zip(self.param_groups, groups, strict=True):
+            group.update(saved)
         self.state = state
-        self.step_count = meta["step_count"]
+        self.step_count = int(step_count)
 
     def _check_grads(self) -> None:
         """Before anything moves: every gradient has its parameter's shape, and a bounded parameter's (a gate
@@ -209,6 +222,7 @@ class SGD(Optimizer):
         super()._check_group(group)
         for name in ("momentum", "dampening"):
             check_number("SGD", name, group[name], 0)
+            group[name] = float(group[name])
         check(isinstance(group["nesterov"], bool), "SGD", "nesterov", group["nesterov"], "a bool")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: Nesterov momentum needs momentum > 0 and dampening = 0")
@@ -217,7 +231,8 @@ class SGD(Optimizer):
         """Update every parameter that has a gradient, then apply lower bounds."""
         self._check_grads()
         for group in self.param_groups:
-            lr, mu, damp, wd = self.lr_of(group), group["momentum"], group["dampening"], group["weight_decay"]
+            lr, mu, damp, wd = self.lr_of(group), *map(float, (group["momentum"], group["dampening"],
+                                                               group["weight_decay"]))
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
@@ -255,7 +270,7 @@ class AdamW(Optimizer):
         ValueError: naming a setting outside its range.
     """
 
-    _state_keys = ("m", "v")
+    _state_keys = ("exp_avg", "exp_avg_sq")  # m and v of the algorithm, under PyTorch's names
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -265,28 +280,31 @@ class AdamW(Optimizer):
         betas = group["betas"]
         ok = isinstance(betas, (tuple, list)) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)
         check(ok, "AdamW", "betas", betas, "a pair (b1, b2), each in [0, 1)")
-        group["betas"] = tuple(betas)
+        group["betas"] = tuple(float(b) for b in betas)
         check_number("AdamW", "eps", group["eps"], 0)
+        group["eps"] = float(group["eps"])
 
     def step(self) -> None:
         """Update every parameter that has a gradient, then apply lower bounds."""
         self._check_grads()
         xp = backend.xp
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = self.lr_of(group), group["betas"], group["eps"], group["weight_decay"]
+            lr, (b1, b2), eps, wd = self.lr_of(group), map(float, group["betas"]), float(group["eps"]), \
+                float(group["weight_decay"])
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:
                     continue
-                st = self.state.setdefault(id(p), {"step": 0, "m": xp.zeros_like(p.data), "v": xp.zeros_like(p.data)})
+                st = self.state.setdefault(id(p), {"step": 0, "exp_avg": xp.zeros_like(p.data),
+                                                   "exp_avg_sq": xp.zeros_like(p.data)})
                 st["step"] += 1
                 t = st["step"]
                 g = p.grad
                 if wd:
                     p.data = p.data * (1 - lr * wd)
-                st["m"] = b1 * st["m"] + (1 - b1) * g
-                st["v"] = b2 * st["v"] + (1 - b2) * (g * g)
-                m_hat = st["m"] / (1 - b1**t)
-                v_hat = st["v"] / (1 - b2**t)
+                st["exp_avg"] = b1 * st["exp_avg"] + (1 - b1) * g
+                st["exp_avg_sq"] = b2 * st["exp_avg_sq"] + (1 - b2) * (g * g)
+                m_hat = st["exp_avg"] / (1 - b1**t)
+                v_hat = st["exp_avg_sq"] / (1 - b2**t)
                 p.data = p.data - lr * m_hat / (xp.sqrt(v_hat) + eps)
                 self._project(p)
         self.step_count += 1
@@ -307,6 +325,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int = 0, min_factor
     check_int("warmup_cosine", "total_steps", total_steps)
     check_int("warmup_cosine", "warmup_steps", warmup_steps, 0)
     check_number("warmup_cosine", "min_factor", min_factor, 0, 1)
+    step, total_steps, warmup_steps, min_factor = int(step), int(total_steps), int(warmup_steps), float(min_factor)
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     span = max(1, total_steps - warmup_steps)
@@ -318,7 +337,7 @@ def set_lr_factor(optimizer: Optimizer, factor: float) -> None:
     """Set every group's ``lr`` to ``initial_lr * factor`` (call once per step with :func:`warmup_cosine`)."""
     check_number("set_lr_factor", "factor", factor, 0)
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
+        group["lr"] = float(group["initial_lr"]) * float(factor)
 
 
 def clip_grad_norm(params, max_norm: float) -> float:
