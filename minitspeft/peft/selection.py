@@ -71,7 +71,6 @@ def router_score(b: Tensor, weight: Tensor, eps: float, position_bias: Tensor | 
     """
     if weight.shape != (b.shape[-1],):
         raise ValueError(f"router_score: weight has shape {weight.shape}, expected ({b.shape[-1]},) for b {b.shape}")
-    xp = backend.xp
     bd = b.data
     u = bd / (stable_norm(bd, -1) + bd.dtype.type(eps))  # (..., T, C) unit rows
     s = Tensor(u) @ weight + 1.0  # (..., T)
