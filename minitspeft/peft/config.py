@@ -1,7 +1,11 @@
-"""Configurations, named after Hugging Face ``peft``: ``LoraConfig`` and the token gate's ``GateConfig``.
+"""Configurations, named after Hugging Face ``peft``: ``LoraConfig``, ``AdapterConfig`` and the token gate's
+``GateConfig``.
 
 Every field is checked when the config is built (:class:`~minitspeft.config.Config`);
 a bad value raises ``ValueError`` naming the field, before anything is wrapped.
+The fields peft's configs share (``task_type``, ``base_model_name_or_path``,
+``inference_mode``) are accepted and saved, and each config names its
+``peft_type`` in peft's style.
 """
 
 from __future__ import annotations
@@ -11,6 +15,20 @@ from dataclasses import dataclass, field
 
 from ..checks import check, check_int, check_number, is_number
 from ..config import Config
+
+
+# Hugging Face peft's task types (``peft.TaskType``); ``task_type`` is kept and saved, and changes nothing here.
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+
+
+def _check_peft_fields(owner: str, config) -> None:
+    """The fields every peft config shares: ``task_type``, ``base_model_name_or_path``, ``inference_mode``."""
+    check(config.task_type is None or config.task_type in TASK_TYPES, owner, "task_type", config.task_type,
+          f"None or one of peft's task types {TASK_TYPES}")
+    name = config.base_model_name_or_path
+    check(name is None or (isinstance(name, str) and bool(name)), owner, "base_model_name_or_path", name,
+          "None or a non-empty string")
+    check(isinstance(config.inference_mode, bool), owner, "inference_mode", config.inference_mode, "a bool")
 
 
 def _check_names(cls: str, field_name: str, value, allow_none: bool) -> None:
@@ -38,13 +56,27 @@ class LoraConfig(Config):
         init_lora_weights: ``True`` (A Kaiming-uniform, B zero: a no-op at
             start), ``"gaussian"`` (A normal with std ``1/r``, B zero) or
             ``False`` (both random, for debugging).
-        bias: ``"none"`` (biases stay frozen) or ``"all"`` (every bias trains).
+        bias: ``"none"`` (biases stay frozen) or ``"all"`` (every bias trains);
+            peft's third value, ``"lora_only"``, is refused.
         modules_to_save: names of whole modules (e.g. a new ``"head"``) to
             train and save as well; each gets a trainable copy, and the
             original is used while the adapter is disabled.
+        task_type: None or one of peft's task types (:data:`TASK_TYPES`,
+            e.g. ``"SEQ_CLS"``). **No effect here** (peft uses it to pick a
+            model class); kept and saved.
+        base_model_name_or_path: None or a name for the base model. **No effect
+            here**; kept and saved, for the reader of ``adapter_config.json``.
+        inference_mode: as in peft: ``True`` builds the adapter frozen.
+            ``PeftModel.from_pretrained`` sets it to ``not is_trainable``, as peft does.
+        fan_in_fan_out: must be ``False``. peft's ``True`` is for layers that
+            store their weight ``(in_features, out_features)``, such as GPT-2's
+            ``Conv1D``; this project's ``Linear`` stores ``(out_features,
+            in_features)``, as ``torch.nn.Linear``, so ``True`` is refused.
+
+    :attr:`peft_type` is ``"LORA"`` (also for DoRA), as in peft.
 
     Raises:
-        ValueError: naming the first invalid field.
+        ValueError: naming the first invalid field and its value.
     """
 
     r: int = 8
@@ -56,16 +88,26 @@ class LoraConfig(Config):
     init_lora_weights: bool | str = True
     bias: str = "none"
     modules_to_save: list | None = None
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    inference_mode: bool = False
+    fan_in_fan_out: bool = False
 
     @property
     def method(self) -> str:
         """``"lora"`` or ``"dora"``."""
         return "dora" if self.use_dora else "lora"
 
+    @property
+    def peft_type(self) -> str:
+        """``"LORA"``, for LoRA and DoRA alike (DoRA is ``use_dora=True``), as in Hugging Face peft."""
+        return "LORA"
+
     def validate(self) -> None:
         """Check every field (see the class docstring)."""
         n = "LoraConfig"
         check_int(n, "r", self.r)
+        self.r = int(self.r)  # a NumPy integer is kept as a Python int, so the saved config stays JSON-able
         check_number(n, "lora_alpha", self.lora_alpha, 0, low_open=True)
         check_number(n, "lora_dropout", self.lora_dropout, 0, 1, high_open=True)
         if isinstance(self.target_modules, str):
@@ -83,10 +125,18 @@ class LoraConfig(Config):
         check(isinstance(self.use_dora, bool), n, "use_dora", self.use_dora, "a bool")
         init = self.init_lora_weights
         check(isinstance(init, bool) or init == "gaussian", n, "init_lora_weights", init, "True, False or 'gaussian'")
-        check(self.bias in ("none", "all"), n, "bias", self.bias, "'none' or 'all'")
+        check(self.bias in ("none", "all"), n, "bias", self.bias,
+              "'none' or 'all'" + (" (peft's 'lora_only' is not supported here)" if self.bias == "lora_only" else ""))
         _check_names(n, "modules_to_save", self.modules_to_save, allow_none=True)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+        _check_peft_fields(n, self)
+        check(isinstance(self.fan_in_fan_out, bool), n, "fan_in_fan_out", self.fan_in_fan_out, "a bool")
+        if self.fan_in_fan_out:
+            raise ValueError(f"{n}: fan_in_fan_out must be False, got True: this project's Linear stores its weight "
+                             "(out_features, in_features), as torch.nn.Linear, so there is nothing to transpose; "
+                             "peft's True is for layers that store (in_features, out_features), such as GPT-2's "
+                             "Conv1D")
 
     @property
     def scaling(self) -> float:
@@ -110,9 +160,15 @@ class AdapterConfig(Config):
             every block) or ``"pfeiffer"`` (after the MLP only; Pfeiffer et al. 2021).
         activation: ``"gelu"``, ``"relu"`` or ``"tanh"``.
         modules_to_save: as in :class:`LoraConfig`.
+        task_type, base_model_name_or_path, inference_mode: peft's shared
+            fields, as in :class:`LoraConfig` (the first two have no effect here).
+
+    :attr:`peft_type` is ``"BOTTLENECK_ADAPTER"``: peft has no bottleneck
+    adapter, so the name is this project's, in peft's style (peft's
+    ``ADAPTION_PROMPT`` is LLaMA-Adapter, another method).
 
     Raises:
-        ValueError: naming the first invalid field.
+        ValueError: naming the first invalid field and its value.
     """
 
     reduction_factor: int = 16
@@ -120,11 +176,19 @@ class AdapterConfig(Config):
     placement: str = "houlsby"
     activation: str = "gelu"
     modules_to_save: list | None = None
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    inference_mode: bool = False
 
     @property
     def method(self) -> str:
         """``"adapter"``."""
         return "adapter"
+
+    @property
+    def peft_type(self) -> str:
+        """``"BOTTLENECK_ADAPTER"`` (derived here, in peft's upper-case style; see the class docstring)."""
+        return "BOTTLENECK_ADAPTER"
 
     def validate(self) -> None:
         """Check every field (see the class docstring)."""
@@ -137,6 +201,7 @@ class AdapterConfig(Config):
         _check_names(n, "modules_to_save", self.modules_to_save, allow_none=True)
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+        _check_peft_fields(n, self)
 
     def bottleneck_size(self, n_embd: int) -> int:
         """The bottleneck width for a model of width ``n_embd``."""
