@@ -42,16 +42,22 @@ def _images():
     return np.random.default_rng(2).uniform(size=(3, 4, 4))
 
 
+def _peft_name(name):
+    """The name peft gives an ``adapter_state_dict`` entry in the file (written out here, not computed by the code)."""
+    return "base_model.model." + name.replace("head.modules_to_save.", "head.")
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_round_trip_is_exact(name, tmp_path):
     pm = _trained(name)
     pm.save_pretrained(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.npz"]
     meta = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert meta["method"] == name and meta["config"] == CASES[name][0].to_dict()
+    fields = CASES[name][0].to_dict()
+    assert meta["method"] == name and {k: meta[k] for k in fields} == fields  # flat, as peft writes it
     saved, record = load_arrays(str(tmp_path / "adapter_model.npz"))
     saved = set(saved)
-    assert saved == set(pm.adapter_state_dict()) and record == meta  # the record travels inside the weights
+    assert saved == {_peft_name(k) for k in pm.adapter_state_dict()} and record == meta  # the record travels inside
     assert not any("base_layer" in k or "original_module" in k for k in saved)  # adapter weights only
     loaded = PeftModel.from_pretrained(_vit(), str(tmp_path))
     x = _images()
@@ -80,11 +86,11 @@ def _rewrite_config(tmp_path, change):
 
 @pytest.mark.parametrize("damage,needle", [
     (lambda m: m.update(method="ts-lora"), "does not match"),
-    (lambda m: m.update(peft_type="PrefixConfig"), "unknown peft_type"),
-    (lambda m: m["config"].update(rank=4), "unknown or missing fields"),
-    (lambda m: m["config"].update(r=0), "r must be"),
+    (lambda m: m.update(peft_type="PREFIX_TUNING"), "unknown peft_type"),
+    (lambda m: m.update(rank=4), "unknown or missing fields"),
+    (lambda m: m.update(r=0), "r must be"),
     (lambda m: m.update(format_version=99), "unsupported adapter format"),
-    (lambda m: m["config"].update(target_modules=["k_proj"]), "does not fit"),
+    (lambda m: m.update(target_modules=["k_proj"]), "does not fit"),
 ])
 def test_bad_configs_are_refused_and_change_nothing(tmp_path, damage, needle):
     _trained("lora").save_pretrained(str(tmp_path))
@@ -105,11 +111,11 @@ def test_wrong_shapes_and_damaged_weights_are_refused(tmp_path):
     _trained("lora").save_pretrained(str(tmp_path))
     weights = tmp_path / "adapter_model.npz"
     arrays, record = load_arrays(str(weights))
-    arrays["blocks.0.attn.q_proj.lora_A.weight"] = np.zeros((5, 16))
+    arrays["base_model.model.blocks.0.attn.q_proj.lora_A.weight"] = np.zeros((5, 16))
     save_npz(str(weights), arrays, record)
     base = _vit()
     before = base.state_dict()
-    with pytest.raises(ValueError, match=r"wrong shapes \['blocks.0.attn.q_proj.lora_A.weight"):
+    with pytest.raises(ValueError, match=r"wrong shapes \['base_model.model.blocks.0.attn.q_proj.lora_A.weight"):
         PeftModel.from_pretrained(base, str(tmp_path))
     _unchanged(base, before)
     weights.write_bytes(weights.read_bytes()[:50])
@@ -163,7 +169,7 @@ def test_fit_refuses_a_frozen_model(tmp_path):
 @pytest.mark.parametrize("bad", [np.zeros((2, 16), dtype=np.int64), np.zeros((2, 16), dtype=complex)])
 def test_a_weight_of_the_wrong_dtype_is_refused_and_the_base_model_is_left_unwrapped(tmp_path, bad):
     _trained("lora").save_pretrained(str(tmp_path))
-    _refused_after_replacing(tmp_path, "blocks.0.attn.q_proj.lora_A.weight", bad, "non-float dtypes")
+    _refused_after_replacing(tmp_path, "base_model.model.blocks.0.attn.q_proj.lora_A.weight", bad, "non-float dtypes")
 
 
 def _refused_after_replacing(tmp_path, name, value, needle):
@@ -221,5 +227,5 @@ def test_an_interrupted_save_pretrained_loads_the_old_adapter_or_the_new_one(tmp
 def test_a_saved_threshold_that_is_negative_or_nan_is_refused(tmp_path, value):
     pm = get_peft_model(_vit(), LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig())
     pm.save_pretrained(str(tmp_path))
-    _refused_after_replacing(tmp_path, "blocks.0.attn.q_proj.gate.tau", np.array(value, np.float32),
+    _refused_after_replacing(tmp_path, "base_model.model.blocks.0.attn.q_proj.gate.tau", np.array(value, np.float32),
                              "non-finite or out-of-bound")

@@ -8,7 +8,7 @@ from .. import backend
 from ..nn.module import Module
 from ..tensor import Tensor
 from .base import ModulesToSaveWrapper, PeftLayer
-from .config import AdapterConfig, GateConfig, LoraConfig
+from .config import AdapterConfig, GateConfig
 from .injection import inject_adapter_in_model
 from .saving import load_adapter, save_adapter
 
@@ -21,17 +21,24 @@ class PeftModel(Module):
 
     Build it with ``get_peft_model(model, config, gate)`` (or ``PeftModel(model, config, gate)``, the
     same); calling it calls the wrapped model.
-    Parameter names gain the prefix ``base_model.``; names in adapter files
-    and :meth:`gate_stats` are relative to the base model.
+    Parameter names gain the prefix ``base_model.``; the names of
+    :meth:`adapter_state_dict` and :meth:`gate_stats` are relative to the
+    base model, and adapter files name the arrays as peft does,
+    ``base_model.model.`` plus that name (see :mod:`~minitspeft.peft.saving`).
+
+    One adapter per model: :attr:`active_adapter` is always peft's default
+    name ``"default"``, and ``peft_config`` is that adapter's config itself
+    (in peft it is a dict ``{"default": config}``).
 
     Attributes:
-        base_model: the wrapped model (changed in place).
+        base_model: the wrapped model (changed in place); also :meth:`get_base_model`.
         peft_config: the :class:`LoraConfig` or :class:`AdapterConfig`.
         gate_config: the :class:`GateConfig`, or None for dense PEFT.
     """
 
     def __init__(self, model: Module, config, gate: GateConfig | None = None):
         """Wrap ``model``'s targets in place (:func:`~minitspeft.peft.injection.inject_adapter_in_model`).
+        With ``config.inference_mode`` the adapter is built frozen, as in peft.
 
         Raises:
             TypeError, ValueError: as ``inject_adapter_in_model``; ``model`` is unchanged then.
@@ -42,6 +49,21 @@ class PeftModel(Module):
         self.gate_config = gate
         self._replaced = injection.replaced  # (name, original module): to unwrap
         self._requires_grad = injection.requires_grad
+        if config.inference_mode:
+            model.requires_grad_(False)
+
+    @property
+    def active_adapter(self) -> str:
+        """``"default"``, peft's name for a model's one adapter (read-only: there is only one here)."""
+        return "default"
+
+    def get_base_model(self) -> Module:
+        """The wrapped model, with its adapters in place (as Hugging Face peft's ``get_base_model``).
+
+        It is ``self.base_model``: in peft that attribute is a tuner around the
+        model and ``get_base_model()`` unwraps it; here there is no tuner.
+        """
+        return self.base_model
 
     @property
     def method(self) -> str:
@@ -74,7 +96,11 @@ class PeftModel(Module):
 
     def adapter_state_dict(self) -> dict:
         """``{name: array}`` (copies) of what :meth:`save_pretrained` writes: adapter weights, thresholds,
-        trained copies of ``modules_to_save``, and the biases when ``bias="all"``."""
+        trained copies of ``modules_to_save``, and the biases when ``bias="all"``.
+
+        Names are relative to the base model (``blocks.0.attn.q_proj.lora_A.weight``,
+        ``head.modules_to_save.weight``), as ever; the file gives them peft's names
+        (``base_model.model.blocks.0.attn.q_proj.lora_A.weight``, ``base_model.model.head.weight``)."""
         bias_all = getattr(self.peft_config, "bias", "none") == "all"
         return {name: p.data.copy() for name, p in self.base_model.named_parameters()
                 if any(part in "." + name for part in _ADAPTER_PARTS)
@@ -260,9 +286,11 @@ class PeftModel(Module):
 
     # ------------------------------------------------------ save and load
     def save_pretrained(self, directory: str) -> None:
-        """Write the adapter into ``directory`` as one unit: ``adapter_model.npz`` holds
-        :meth:`adapter_state_dict` (no pickle) and the record of how to rebuild it (the method, every
-        config field, the gate config); ``adapter_config.json`` is a readable copy of that record.
+        """Write the adapter into ``directory`` as one unit, in peft's layout: ``adapter_model.npz`` holds
+        :meth:`adapter_state_dict` under peft's names (``base_model.model.`` first; no pickle) and the
+        record of how to rebuild it (flat, as peft's ``adapter_config.json``: ``peft_type``, every config
+        field, and ``format_version``, ``method``, ``base_model_class``, ``token_gate``);
+        ``adapter_config.json`` is a readable copy of that record. Arrays keep the model's dtype.
 
         Raises:
             ValueError: if the model holds no adapters any more (after ``merge_and_unload`` or ``unload``).
@@ -278,12 +306,23 @@ class PeftModel(Module):
             base_model: a model of the same architecture as the one trained.
             directory: a folder written by :meth:`save_pretrained`.
             is_trainable: keep the adapter trainable; otherwise it is frozen
-                and the model put in evaluation mode (for inference).
+                and the model put in evaluation mode (for inference). The loaded
+                config's ``inference_mode`` is ``not is_trainable``, as in peft.
+
+        Files of every format load: the current one and format 1 (nested record, arrays
+        named without ``base_model.model.``), see :mod:`~minitspeft.peft.saving`.
+
+        Each array is cast to the dtype of the parameter it loads into (as
+        ``torch``'s ``load_state_dict`` copies into a parameter). When that
+        changes values (a float64 adapter into a float32 model), a ``RuntimeWarning``
+        names the arrays and both dtypes; build the base model in the file's dtype
+        to load them exactly. A cast that widens (float32 into float64) is exact and silent.
 
         Raises:
             FileNotFoundError: if ``adapter_model.npz`` is missing.
-            ValueError: for an unknown method or config field, a damaged file,
-                or weights whose names, shapes or dtypes do not fit the model (all
-                listed). ``base_model`` is left unchanged when it is raised.
+            ValueError: for an unknown format, method or config field, a damaged file,
+                weights whose names, shapes or dtypes do not fit the model (all
+                listed), or values the model's dtype cannot hold (they would become
+                infinite). ``base_model`` is left unchanged when it is raised.
         """
         return load_adapter(cls, base_model, directory, is_trainable)
