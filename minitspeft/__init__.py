@@ -10,8 +10,16 @@ import importlib
 from . import memory
 from .backend import get_backend, manual_seed, set_backend, to_numpy
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
-from . import ops, reductions  # noqa: F401 - importing them attaches the operators and methods to Tensor
-from .shape_ops import concat, stack, where
+from . import comparisons, conversions, indexing, ops, reductions  # noqa: F401 - they attach Tensor's methods
+from .comparisons import equal, isfinite, isnan
+from .creation import arange, eye, full, ones, ones_like, rand, randn, zeros, zeros_like
+from .indexing import chunk, gather, masked_fill, split, tril, triu
+from .ops import (abs, ceil, clip, cos, exp, expm1, floor, log, log1p, matmul, maximum, minimum,  # noqa: A004
+                  relu, round, sigmoid, sign, sin, sqrt, tanh)
+from .reductions import all, any, argmax, argmin, cumsum, logsumexp, mean, prod, std, sum, var  # noqa: A004
+from .shape_ops import concat, flatten, flip, squeeze, stack, unsqueeze, where
+
+cat = concat  # PyTorch's name
 
 __version__ = "0.1.0"
 
@@ -30,6 +38,12 @@ memory._on_import()  # keep freed array memory for reuse (glibc; MINITSPEFT_KEEP
 
 __all__ = [
     "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
-    "concat", "stack", "where",
+    "concat", "cat", "stack", "where",
+    "zeros", "ones", "full", "arange", "eye", "zeros_like", "ones_like", "randn", "rand",
+    "abs", "ceil", "clip", "cos", "exp", "expm1", "floor", "log", "log1p", "matmul", "maximum", "minimum", "relu",
+    "round", "sigmoid", "sign", "sin", "sqrt", "tanh",
+    "all", "any", "argmax", "argmin", "cumsum", "logsumexp", "mean", "prod", "std", "sum", "var",
+    "flatten", "flip", "squeeze", "unsqueeze", "chunk", "gather", "masked_fill", "split", "tril", "triu",
+    "equal", "isfinite", "isnan",
     "set_backend", "get_backend", "to_numpy", "manual_seed",
 ]

@@ -10,12 +10,25 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
-__all__ = ["is_int", "is_number", "check", "check_int", "check_number"]
+__all__ = ["is_int", "is_number", "one_axis", "check", "check_int", "check_number"]
 
 
 def is_int(x) -> bool:
     """An integer (Python or NumPy), not a bool."""
     return isinstance(x, Integral) and not isinstance(x, bool)
+
+
+def one_axis(op: str, axis, ndim: int) -> int:
+    """``axis`` (an integer in ``[-ndim, ndim)``) as a non-negative int.
+
+    Raises:
+        IndexError: naming ``op`` for an axis out of range (as PyTorch). TypeError: for a non-integer.
+    """
+    if not is_int(axis):
+        raise TypeError(f"{op}: dim must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise IndexError(f"{op}: dim {axis} is out of range for a tensor with {ndim} dimensions")
+    return int(axis) % ndim
 
 
 def is_number(x) -> bool:

@@ -284,69 +284,14 @@ class Tensor:
     def ndim(self) -> int:
         return self.data.ndim
 
-    @property
-    def size(self) -> int:
-        return int(self.data.size)
-
     def __len__(self) -> int:
         return len(self.data)
-
-    def numpy(self):
-        """Return the data as a NumPy array on the host (a copy for CuPy data)."""
-        return backend.to_numpy(self.data)
-
-    def tolist(self):
-        """The data as (nested) Python lists of numbers, as ``ndarray.tolist``."""
-        return backend.to_numpy(self.data).tolist()
-
-    def numel(self) -> int:
-        """The number of elements (PyTorch's name; ``size`` here is that number too, as in NumPy)."""
-        return int(self.data.size)
-
-    def __array__(self, dtype=None, copy=None):
-        """``np.asarray(t)``: the data as a host NumPy array (not an object array holding the Tensor)."""
-        out = backend.to_numpy(self.data)
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-    def _one_element(self, kind: str):
-        """The value behind ``float(t)``, ``int(t)`` and ``bool(t)`` / ``if t:`` (by value, as PyTorch).
-        Raises ValueError for a tensor of several elements (or none)."""
-        if self.data.size != 1:
-            raise ValueError(f"{kind}: only a tensor with one element can be converted, got shape {self.shape} "
-                             f"(as PyTorch, the truth or value of several elements is ambiguous)")
-        return self.data.reshape(()).item()
-
-    __float__ = lambda self: float(self._one_element("float"))  # noqa: E731
-    __int__ = lambda self: int(self._one_element("int"))  # noqa: E731
-    __bool__ = lambda self: bool(self._one_element("bool"))  # noqa: E731
-
-    def item(self):
-        """Return the single element as a Python number.
-
-        Raises:
-            ValueError: if the tensor has more than one element.
-        """
-        if self.data.size != 1:
-            raise ValueError(f"item: tensor of shape {self.shape} has more than one element")
-        return self.data.reshape(()).item()
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
         return f"Tensor({backend.to_numpy(self.data)!r}{grad})"
 
-    # comparisons return plain backend arrays (no gradient flows through them)
-    def __lt__(self, other):
-        return self.data < _raw(other)
-
-    def __le__(self, other):
-        return self.data <= _raw(other)
-
-    def __gt__(self, other):
-        return self.data > _raw(other)
-
-    def __ge__(self, other):
-        return self.data >= _raw(other)
-
+    # comparisons (==, <, ...) are attached by the comparisons module; tensors hash by identity
     __hash__ = object.__hash__
 
 
@@ -364,10 +309,6 @@ def attach_methods(methods: dict) -> None:
         raise RuntimeError(f"attach_methods: Tensor already defines {clash}")
     for name, fn in methods.items():
         setattr(Tensor, name, getattr(fn, "__wrapped__", fn))  # a method's self is a Tensor: skip that check
-
-
-def _raw(x):
-    return x.data if isinstance(x, Tensor) else x
 
 
 def tensor(data, requires_grad: bool = False, dtype=None) -> Tensor:
