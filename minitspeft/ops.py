@@ -24,7 +24,8 @@ from .shape_ops import broadcast_to, concat, getitem, reshape, stack, swapaxes, 
 from .tensor import Tensor, attach_methods
 
 __all__ = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "neg", "exp", "log", "sqrt", "tanh",
-           "sigmoid", "relu", "abs", "clip", "matmul", "reshape", "transpose", "swapaxes", "broadcast_to",
+           "sigmoid", "relu", "abs", "sin", "cos", "log1p", "expm1", "sign", "floor", "ceil", "round", "clip",
+           "matmul", "reshape", "transpose", "swapaxes", "broadcast_to",
            "getitem", "concat", "stack", "where", "unbroadcast", "as_tensor"]
 
 # ------------------------------------------------------- elementwise binary
@@ -155,6 +156,51 @@ def abs(x: Tensor) -> Tensor:  # noqa: A001
 
 
 @tensor_input
+def sin(x: Tensor) -> Tensor:
+    """``sin(x)``. d/dx = cos(x)."""
+    return unary_op("sin", x, backend.xp.sin(x.data), lambda: backend.xp.cos(x.data))
+
+
+@tensor_input
+def cos(x: Tensor) -> Tensor:
+    """``cos(x)``. d/dx = -sin(x)."""
+    return unary_op("cos", x, backend.xp.cos(x.data), lambda: -backend.xp.sin(x.data))
+
+
+@tensor_input
+def log1p(x: Tensor) -> Tensor:
+    """``log(1 + x)``, exact for small ``x``. d/dx = 1/(1 + x)."""
+    return unary_op("log1p", x, backend.xp.log1p(x.data), lambda: 1 / (1 + x.data))
+
+
+@tensor_input
+def expm1(x: Tensor) -> Tensor:
+    """``exp(x) - 1``, exact for small ``x``. d/dx = exp(x) = out + 1."""
+    out = backend.xp.expm1(x.data)
+    return unary_op("expm1", x, out, lambda: out + 1)
+
+
+def _flat(name: str, fn):
+    """A piecewise-constant op (``sign``, ``floor``, ``ceil``, ``round``): derivative 0 wherever it is
+    defined, so the gradient is 0 everywhere, as in PyTorch."""
+
+    @tensor_input
+    def op(x: Tensor) -> Tensor:
+        xp = backend.xp
+        return Tensor.from_op(fn(xp, x.data), (x,), lambda g: (xp.zeros_like(g),), name)
+
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = f"``{name}(x)`` element-wise; the gradient is 0 (the op is piecewise constant, as in PyTorch)."
+    return op
+
+
+sign = _flat("sign", lambda xp, d: xp.sign(d))
+floor = _flat("floor", lambda xp, d: xp.floor(d))
+ceil = _flat("ceil", lambda xp, d: xp.ceil(d))
+round = _flat("round", lambda xp, d: xp.round(d))  # noqa: A001 - half to even, as torch.round and NumPy
+
+
+@tensor_input
 def clip(x: Tensor, lo=None, hi=None) -> Tensor:
     """Clamp into ``[lo, hi]``. d/dx = 1 strictly inside, 0 where clamped."""
     out = backend.xp.clip(x.data, lo, hi)
@@ -234,6 +280,9 @@ attach_methods({
     "__matmul__": matmul, "__rmatmul__": lambda self, other: matmul(other, self),
     "__neg__": neg,
     "exp": exp, "log": log, "sqrt": sqrt, "tanh": tanh, "sigmoid": sigmoid, "relu": relu, "abs": abs,
+    "sin": sin, "cos": cos, "log1p": log1p, "expm1": expm1, "sign": sign, "floor": floor, "ceil": ceil,
+    "round": round, "clip": clip,
+    "clamp": lambda self, min=None, max=None: clip(self, min, max),  # noqa: A002 - PyTorch's names
     "clone": clone, "to": to_dtype,
     "float": lambda self: to_dtype(self, "float32"), "double": lambda self: to_dtype(self, "float64"),
 })

@@ -1,4 +1,6 @@
-"""Reductions over axes and their vector-Jacobian products: ``sum``, ``mean``, ``max``, ``min``, ``var``, ``norm``.
+"""Reductions over axes and their vector-Jacobian products: ``sum``, ``mean``, ``max``, ``min``, ``var``,
+``std``, ``prod``, ``logsumexp``, ``norm``, ``cumsum``; and ``argmax``, ``argmin``, ``any``, ``all``,
+which give integer or boolean results and no gradient.
 
 ``axis`` is an int, a tuple of ints, or None (all axes); ``keepdims`` keeps
 the reduced axes with size 1 (PyTorch's ``dim`` and ``keepdim`` are accepted too). Each backward expands the upstream gradient
@@ -8,10 +10,11 @@ back over the reduced axes. The table at the end attaches them to
 
 from __future__ import annotations
 
+import builtins
 import warnings
 
 from . import backend
-from .checks import is_int
+from .checks import is_int, one_axis
 from . import ops
 from .extend import tensor_input, torch_names
 from .tensor import Tensor, attach_methods
@@ -27,7 +30,7 @@ def normalize_axes(op: str, axis, ndim: int) -> tuple:
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if is_int(axis) else tuple(axis) if isinstance(axis, (tuple, list)) else None
-    if axes is None or not all(is_int(ax) for ax in axes):
+    if axes is None or not builtins.all(is_int(ax) for ax in axes):  # ``all`` here is the reduction
         raise TypeError(f"{op}: axis must be None, an integer or a tuple of integers, got {axis!r}")
     low, high = (-1, 1) if ndim == 0 else (-ndim, ndim)  # a 0-d tensor takes axis 0 or -1, as in PyTorch
     for ax in axes:
@@ -146,6 +149,138 @@ def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Te
     return Tensor.from_op(out, (x,), backward, "var")
 
 
+@tensor_input
+@torch_names
+def std(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Tensor:
+    """Standard deviation ``sqrt(var(x, axis, correction))`` (``correction`` as in :func:`var`: 0 here by
+    default, as NumPy; pass 1 for PyTorch's default). Its gradient is infinite or NaN where the
+    deviation is 0 (the square root's derivative at 0), as in PyTorch."""
+    return ops.sqrt(var(x, axis, keepdims, correction))
+
+
+def _to_last(data, axes):
+    """``data`` with ``axes`` moved to the end and merged into one: ``(rest..., n)``, and how to undo it."""
+    xp = backend.xp
+    rest = [i for i in range(data.ndim) if i not in axes]
+    moved = xp.transpose(data, rest + list(axes))
+    kept = moved.shape[:len(rest)]
+    return moved.reshape(kept + (-1,)), rest, moved.shape
+
+
+@tensor_input
+@torch_names
+def prod(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Product over ``axis``. d/dx_i = the product of the other elements of its slice, computed from
+    prefix and suffix products, so it is exact where some ``x_j`` are 0 (where ``prod / x_i`` is 0/0).
+    Source: the exclusive-scan form of the product rule (derived here)."""
+    axes = normalize_axes("prod", axis, x.ndim)
+    xp = backend.xp
+    out = x.data.prod(axis=axes, keepdims=keepdims)
+
+    def backward(g):
+        flat, rest, moved_shape = _to_last(x.data, axes)
+        ones = xp.ones(flat.shape[:-1] + (1,), dtype=flat.dtype)
+        before = xp.cumprod(xp.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
+        after = xp.flip(xp.cumprod(xp.concatenate([ones, xp.flip(flat, -1)[..., :-1]], axis=-1), axis=-1), -1)
+        order = rest + list(axes)
+        others = xp.transpose((before * after).reshape(moved_shape), [order.index(i) for i in range(x.ndim)])
+        return (_expand(g, axes, keepdims) * others,)
+
+    return Tensor.from_op(out, (x,), backward, "prod")
+
+
+@tensor_input
+@torch_names
+def logsumexp(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """``log(sum(exp(x)))`` over ``axis``, shifted by the maximum so it neither overflows nor underflows
+    (``-inf`` when every element is ``-inf``, as PyTorch). d/dx = softmax(x) over the reduced axes."""
+    axes = normalize_axes("logsumexp", axis, x.ndim)
+    xp = backend.xp
+    if x.dtype.kind != "f":
+        x = ops.to_dtype(x, "float64")
+    with backend.quiet_overflow():
+        top = x.data.max(axis=axes, keepdims=True) if x.size else xp.full((1,) * x.ndim, -xp.inf, x.dtype)
+        shift = xp.where(xp.isfinite(top), top, 0)
+        total = xp.exp(x.data - shift).sum(axis=axes, keepdims=True)
+        kept = xp.log(total) + shift
+
+    def backward(g):
+        with backend.quiet_overflow():
+            return (_expand(g, axes, keepdims) * xp.exp(x.data - kept),)
+
+    out = kept if keepdims else kept.reshape([n for i, n in enumerate(kept.shape) if i not in axes])
+    return Tensor.from_op(out, (x,), backward, "logsumexp")
+
+
+@tensor_input
+def cumsum(x: Tensor, dim: int) -> Tensor:
+    """Running sum along ``dim`` (``torch.cumsum``). d/dx_i = the sum of ``g`` from ``i`` to the end:
+    a reversed running sum of the gradient.
+
+    Raises:
+        IndexError: for ``dim`` out of range (0 and -1 on a 0-d tensor).
+    """
+    if x.ndim == 0:
+        one_axis("cumsum", dim, 1)
+        return ops.clone(x)
+    axis = one_axis("cumsum", dim, x.ndim)
+    xp = backend.xp
+    return Tensor.from_op(xp.cumsum(x.data, axis=axis), (x,),
+                          lambda g: (xp.flip(xp.cumsum(xp.flip(g, axis), axis=axis), axis),), "cumsum")
+
+
+def _index_of_extreme(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
+    """``argmax`` or ``argmin`` (``op``): the int64 index of the first extreme, flat when ``axis`` is None."""
+    if x.size == 0:
+        raise ValueError(f"{op}: cannot reduce an empty tensor of shape {x.shape}")
+    fn = getattr(backend.xp, op)
+    if axis is None:
+        out = backend.xp.asarray(fn(x.data.reshape(-1)), dtype="int64")
+        return Tensor(out.reshape((1,) * x.ndim) if keepdims else out)
+    if x.ndim == 0:
+        one_axis(op, axis, 1)
+        return Tensor(backend.xp.zeros((), dtype="int64"))
+    out = fn(x.data, axis=one_axis(op, axis, x.ndim), keepdims=keepdims)
+    return Tensor(out.astype("int64", copy=False))
+
+
+@tensor_input
+@torch_names
+def argmax(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Index of the maximum along ``axis`` (of the flattened tensor when None), int64 and without a
+    gradient; the first one at ties, as NumPy and PyTorch (on CPU).
+
+    Raises:
+        ValueError: for an empty tensor. IndexError: for an axis out of range.
+    """
+    return _index_of_extreme("argmax", x, axis, keepdims)
+
+
+@tensor_input
+@torch_names
+def argmin(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
+    """Index of the minimum along ``axis`` (see :func:`argmax`).
+
+    Raises:
+        ValueError: for an empty tensor. IndexError: for an axis out of range.
+    """
+    return _index_of_extreme("argmin", x, axis, keepdims)
+
+
+@tensor_input
+@torch_names
+def any(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Whether any element over ``axis`` is non-zero: a boolean Tensor, no gradient (``torch.any``)."""
+    return Tensor(x.data.any(axis=normalize_axes("any", axis, x.ndim), keepdims=keepdims))
+
+
+@tensor_input
+@torch_names
+def all(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+    """Whether every element over ``axis`` is non-zero: a boolean Tensor, no gradient (``torch.all``)."""
+    return Tensor(x.data.all(axis=normalize_axes("all", axis, x.ndim), keepdims=keepdims))
+
+
 def stable_norm(a, axes) -> object:
     """``sqrt(sum(a * a))`` over ``axes`` (kept, size 1), right at any magnitude: a backend array.
 
@@ -191,4 +326,6 @@ def norm(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     return Tensor.from_op(out, (x,), backward, "norm")
 
 
-attach_methods({"sum": sum, "mean": mean, "max": max, "min": min, "var": var, "norm": norm})
+attach_methods({"sum": sum, "mean": mean, "max": max, "min": min, "var": var, "norm": norm, "std": std, "prod": prod,
+                "logsumexp": logsumexp, "cumsum": cumsum, "argmax": argmax, "argmin": argmin, "any": any,
+                "all": all})

@@ -1,10 +1,12 @@
-"""Shape ops and their vector-Jacobian products: reshape, transpose, broadcast, index, join, select.
+"""Shape ops and their vector-Jacobian products: reshape, permute, broadcast, flip, tile, index, join.
 
 None of them changes a value, so every backward moves the gradient back to
 where its element came from: reshape it back, permute it back, sum it over
-broadcast copies, scatter it into zeros (adding repeats), split it, or route
-it by the condition. The table at the end attaches ``reshape``,
-``transpose``, ``swapaxes``, ``T`` and ``[]`` to :class:`~minitspeft.tensor.Tensor`.
+broadcast or tiled copies, flip it back, scatter it into zeros (adding
+repeats), split it, or route it by the condition. PyTorch's names are here
+too (``unsqueeze``, ``squeeze``, ``flatten``, ``permute``, ``view``,
+``expand``, ``repeat``). The table at the end attaches the methods and
+``[]`` to :class:`~minitspeft.tensor.Tensor`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from __future__ import annotations
 import itertools
 
 from . import backend
-from .checks import is_int
+from .checks import is_int, one_axis
 from .extend import as_tensor, binary_op, tensor_input, unbroadcast
 from .tensor import Tensor, attach_methods
 
-__all__ = ["reshape", "transpose", "swapaxes", "broadcast_to", "getitem", "concat", "stack", "where"]
+__all__ = ["reshape", "transpose", "swapaxes", "broadcast_to", "unsqueeze", "squeeze", "flatten", "expand", "flip",
+           "repeat", "getitem", "concat", "stack", "where"]
 
 
 @tensor_input
@@ -84,6 +87,109 @@ def broadcast_to(x: Tensor, shape) -> Tensor:
     except ValueError:
         raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {tuple(shape)}") from None
     return Tensor.from_op(out, (x,), lambda g: (unbroadcast(g, x.shape),), "broadcast_to")
+
+
+def _reshaped(op: str, x: Tensor, shape: tuple) -> Tensor:
+    """``x`` with the same elements in ``shape``; the gradient is reshaped back."""
+    return Tensor.from_op(x.data.reshape(shape), (x,), lambda g: (g.reshape(x.shape),), op)
+
+
+@tensor_input
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    """Insert an axis of size 1 at ``dim`` in ``[-ndim-1, ndim]`` (``torch.unsqueeze``).
+
+    Raises:
+        IndexError: for ``dim`` out of range. TypeError: for a non-integer ``dim``.
+    """
+    d = one_axis("unsqueeze", dim, x.ndim + 1)
+    return _reshaped("unsqueeze", x, x.shape[:d] + (1,) + x.shape[d:])
+
+
+@tensor_input
+def squeeze(x: Tensor, dim=None) -> Tensor:
+    """Remove axes of size 1: all of them (``dim=None``), or those among ``dim`` (an int or a tuple)
+    that have size 1; an axis of another size is kept, as in ``torch.squeeze``.
+
+    Raises:
+        IndexError: for a ``dim`` out of range (0 and -1 are allowed on a 0-d tensor).
+    """
+    if dim is None:
+        dims = {i for i, n in enumerate(x.shape) if n == 1}
+    else:
+        given = dim if isinstance(dim, (tuple, list)) else (dim,)
+        dims = {one_axis("squeeze", d, max(x.ndim, 1)) for d in given}
+    return _reshaped("squeeze", x, tuple(n for i, n in enumerate(x.shape) if not (i in dims and n == 1)))
+
+
+@tensor_input
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    """Merge the axes ``start_dim .. end_dim`` (inclusive) into one (``torch.flatten``); a 0-d tensor
+    becomes shape ``(1,)``.
+
+    Raises:
+        IndexError: for a dim out of range. ValueError: when ``start_dim`` comes after ``end_dim``.
+    """
+    if x.ndim == 0:
+        return _reshaped("flatten", x, (1,))
+    lo, hi = one_axis("flatten", start_dim, x.ndim), one_axis("flatten", end_dim, x.ndim)
+    if lo > hi:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {x.shape}")
+    merged = 1
+    for n in x.shape[lo:hi + 1]:
+        merged *= n
+    return _reshaped("flatten", x, x.shape[:lo] + (merged,) + x.shape[hi + 1:])
+
+
+@tensor_input
+def expand(x: Tensor, *sizes) -> Tensor:
+    """Broadcast to ``sizes`` without copying (``torch.Tensor.expand``): ``-1`` keeps an axis's size,
+    new axes may be added in front; the gradient is summed back.
+
+    Raises:
+        ValueError: when an axis of size other than 1 would change, or ``-1`` is given for a new axis.
+    """
+    sizes = _varargs(sizes)
+    lead = len(sizes) - x.ndim
+    if lead < 0 or not all(is_int(n) for n in sizes):
+        raise ValueError(f"expand: sizes {sizes} must be integers, at least one per axis of shape {x.shape}")
+    if any(n == -1 for n in sizes[:lead]):
+        raise ValueError(f"expand: -1 is not allowed for a new leading axis, got sizes {sizes}")
+    shape = tuple(sizes[:lead]) + tuple(old if new == -1 else new for old, new in zip(x.shape, sizes[lead:]))
+    return broadcast_to(x, shape)
+
+
+@tensor_input
+def flip(x: Tensor, dims) -> Tensor:
+    """Reverse the order along ``dims`` (an int or a tuple, ``torch.flip``); the gradient is flipped back.
+
+    Raises:
+        IndexError: for a dim out of range.
+    """
+    given = dims if isinstance(dims, (tuple, list)) else (dims,)
+    axes = tuple(one_axis("flip", d, x.ndim) for d in given)
+    xp = backend.xp
+    return Tensor.from_op(xp.flip(x.data, axis=axes), (x,), lambda g: (xp.flip(g, axis=axes),), "flip")
+
+
+@tensor_input
+def repeat(x: Tensor, *repeats) -> Tensor:
+    """Tile ``x``: ``repeats[i]`` copies along axis ``i`` (``torch.Tensor.repeat``, NumPy's ``tile``);
+    extra leading counts add axes. The gradient sums the copies.
+
+    Raises:
+        ValueError: for fewer counts than axes, or a negative count.
+    """
+    reps = _varargs(repeats)
+    if len(reps) < x.ndim or not all(is_int(r) and r >= 0 for r in reps):
+        raise ValueError(f"repeat: need one non-negative integer count per axis of shape {x.shape}, got {reps}")
+    shape = (1,) * (len(reps) - x.ndim) + x.shape
+    out = backend.xp.tile(x.data.reshape(shape), reps)
+
+    def backward(g):
+        split = [n for pair in zip(reps, shape) for n in pair]  # (r0, s0, r1, s1, ...)
+        return (g.reshape(split).sum(axis=tuple(range(0, len(split), 2))).reshape(x.shape),)
+
+    return Tensor.from_op(out, (x,), backward, "repeat")
 
 
 @tensor_input
@@ -191,6 +297,11 @@ def _reshape_method(self, *shape):
     return reshape(self, _varargs(shape))
 
 
+def _permute_method(self, *dims):
+    """``t.permute(2, 0, 1)`` or ``t.permute((2, 0, 1))``: :func:`transpose` with every axis named."""
+    return transpose(self, _varargs(dims))
+
+
 def _transpose_method(self, *axes):
     """``t.transpose()`` reverses the axes; ``t.transpose(0, 2, 1)`` or ``t.transpose((0, 2, 1))`` permutes."""
     return transpose(self, _varargs(axes) or None)
@@ -200,6 +311,10 @@ attach_methods({
     "__getitem__": getitem,
     "reshape": _reshape_method,
     "transpose": _transpose_method,
+    "view": _reshape_method,  # PyTorch's name: a reshape here (NumPy arrays need no contiguity for it)
+    "permute": _permute_method,
     "swapaxes": swapaxes,
+    "unsqueeze": unsqueeze, "squeeze": squeeze, "flatten": flatten, "expand": expand, "flip": flip,
+    "repeat": repeat,
     "T": property(lambda self: transpose(self, None), doc="The tensor with its axes reversed."),
 })
