@@ -1,4 +1,5 @@
-"""Fused activations: ``softmax``, ``log_softmax`` and ``gelu``, each with a hand-derived backward.
+"""Fused activations: ``softmax``, ``log_softmax``, ``gelu``, ``softplus``, ``silu``, ``leaky_relu``,
+each with a hand-derived backward.
 
 Forward in array code, backward written out (its formula in each docstring);
 :mod:`minitspeft.functional.reference` composes the same functions from
@@ -14,7 +15,7 @@ from ..checks import is_int
 from ..extend import tensor_input, torch_names
 from ..tensor import Tensor
 
-__all__ = ["softmax", "log_softmax", "gelu"]
+__all__ = ["softmax", "log_softmax", "gelu", "softplus", "silu", "leaky_relu"]
 
 
 def _check_axis(op: str, x: Tensor, axis) -> None:
@@ -145,3 +146,55 @@ def gelu(x: Tensor) -> Tensor:
 
     out = out.reshape(x.shape)
     return Tensor.from_op(out, (x,), backward, "gelu")
+
+
+def _sigmoid_array(data):
+    """``1 / (1 + exp(-x))`` without overflow at any ``x`` (an array)."""
+    xp = backend.xp
+    e = xp.exp(-xp.abs(data))
+    return xp.where(data >= 0, 1 / (1 + e), e / (1 + e))
+
+
+@tensor_input
+def softplus(x: Tensor, beta: float = 1.0) -> Tensor:
+    """``log(1 + exp(beta x)) / beta`` (``torch.nn.functional.softplus``), computed as
+    ``max(z, 0) + log1p(exp(-|z|))`` with ``z = beta x``, so it is finite and exact at every finite ``x``
+    (``softplus(-1000) = 0``, ``softplus(1000) = 1000``). d/dx = sigmoid(beta x).
+
+    Raises:
+        ValueError: for ``beta`` that is not a positive number.
+    """
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta > 0:
+        raise ValueError(f"softplus: beta must be a positive number, got {beta!r}")
+    xp = backend.xp
+    z = _floating(x.data) * beta if beta != 1 else _floating(x.data)
+    out = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+    if beta != 1:
+        out = out / beta
+    return Tensor.from_op(out.astype(z.dtype, copy=False), (x,), lambda g: (g * _sigmoid_array(z),), "softplus")
+
+
+@tensor_input
+def silu(x: Tensor) -> Tensor:
+    """SiLU (swish), ``x sigmoid(x)`` (Elfwing et al. 2018; ``torch.nn.functional.silu``).
+    d/dx = s (1 + x (1 - s)) with ``s = sigmoid(x)`` (derived by the product rule)."""
+    s = _sigmoid_array(_floating(x.data))
+    return Tensor.from_op(x.data * s, (x,), lambda g: (g * s * (1 + x.data * (1 - s)),), "silu")
+
+
+@tensor_input
+def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """``x`` where ``x > 0``, else ``negative_slope * x`` (``torch.nn.functional.leaky_relu``).
+    d/dx = 1 where ``x > 0``, ``negative_slope`` elsewhere (at 0 too, as in PyTorch).
+
+    Raises:
+        ValueError: for a slope that is not a finite number.
+    """
+    if not isinstance(negative_slope, (int, float)) or isinstance(negative_slope, bool) \
+            or not math.isfinite(negative_slope):
+        raise ValueError(f"leaky_relu: negative_slope must be a finite number, got {negative_slope!r}")
+    xp = backend.xp
+    pos = x.data > 0
+    slope = x.dtype.type(negative_slope) if x.dtype.kind == "f" else negative_slope
+    out = xp.where(pos, x.data, x.data * slope)
+    return Tensor.from_op(out, (x,), lambda g: (xp.where(pos, g, g * slope),), "leaky_relu")

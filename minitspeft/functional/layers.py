@@ -4,7 +4,7 @@ hand-derived backward (its formula in each docstring)."""
 from __future__ import annotations
 
 from .. import backend
-from ..checks import check_number
+from ..checks import check_number, is_int
 from ..extend import require_tensor, tensor_input
 from ..tensor import Tensor
 
@@ -179,3 +179,27 @@ def embedding(ids, weight: Tensor) -> Tensor:
         return (full,)
 
     return Tensor.from_op(weight.data[idx], (weight,), backward, "embedding")
+
+
+def one_hot(ids, num_classes: int = -1) -> Tensor:
+    """``(..., num_classes)`` int64 rows with a 1 at each integer id of ``ids`` (``...``)
+    (``torch.nn.functional.one_hot``); ``num_classes=-1`` takes ``max(ids) + 1``. No gradient.
+
+    Raises:
+        ValueError: for non-integer ids, a negative id, an id ``>= num_classes``, or ``num_classes=-1``
+            with no ids.
+    """
+    xp = backend.xp
+    idx = ids.data if isinstance(ids, Tensor) else xp.asarray(ids)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"one_hot: ids must be integers, got dtype {idx.dtype}")
+    if not is_int(num_classes) or num_classes < -1:
+        raise ValueError(f"one_hot: num_classes must be -1 or a non-negative integer, got {num_classes!r}")
+    if num_classes == -1:
+        if idx.size == 0:
+            raise ValueError("one_hot: cannot infer num_classes from no ids; pass num_classes")
+        num_classes = int(idx.max()) + 1
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
+        raise ValueError(f"one_hot: ids must be in [0, {num_classes}), got min {int(idx.min())} and max "
+                         f"{int(idx.max())}")
+    return Tensor((idx[..., None] == xp.arange(int(num_classes))).astype("int64"))

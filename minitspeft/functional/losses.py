@@ -1,4 +1,5 @@
-"""The fused cross-entropy loss, with a hand-derived backward (its formula in the docstring)."""
+"""Losses: the fused ``cross_entropy`` and ``nll_loss``, ``binary_cross_entropy_with_logits`` and
+``mse_loss``, each with its backward's formula in its docstring (PyTorch's names and reductions)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,32 @@ from ..extend import tensor_input
 from ..tensor import Tensor
 from .activations import log_softmax_array
 
-__all__ = ["cross_entropy"]
+__all__ = ["cross_entropy", "nll_loss", "binary_cross_entropy_with_logits", "mse_loss"]
 
 
-def _checked_targets(logits: Tensor, targets, reduction: str, ignore_index: int, label_smoothing: float):
-    """``targets`` as a backend integer array after every check of :func:`cross_entropy` (see there)."""
+def _checked_targets(logits: Tensor, targets, reduction: str, ignore_index: int, label_smoothing: float,
+                     op: str = "cross_entropy"):
+    """``targets`` as a backend integer array after every check of :func:`cross_entropy` or :func:`nll_loss`
+    (``op``; see there)."""
     xp = backend.xp
     if logits.ndim == 0:
-        raise ValueError("cross_entropy: logits must be (..., C) with at least one axis, got a 0-d tensor")
+        raise ValueError(f"{op}: logits must be (..., C) with at least one axis, got a 0-d tensor")
     t = targets.data if isinstance(targets, Tensor) else xp.asarray(targets)
     if not is_int(ignore_index):
-        raise ValueError(f"cross_entropy: ignore_index must be an integer, got {ignore_index!r}")
+        raise ValueError(f"{op}: ignore_index must be an integer, got {ignore_index!r}")
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1), got {label_smoothing}")
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: unknown reduction {reduction!r}; expected 'mean', 'sum' or 'none'")
+        raise ValueError(f"{op}: unknown reduction {reduction!r}; expected 'mean', 'sum' or 'none'")
     if t.dtype.kind not in "iu":
-        raise ValueError(f"cross_entropy: targets must be integers, got dtype {t.dtype}")
+        raise ValueError(f"{op}: targets must be integers, got dtype {t.dtype}")
     if t.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: targets shape {t.shape} does not match logits shape {logits.shape}")
+        raise ValueError(f"{op}: targets shape {t.shape} does not match logits shape {logits.shape}")
     n_classes = logits.shape[-1]
     bad = (t != ignore_index) & ((t < 0) | (t >= n_classes))
     if bool(bad.any()):
         raise ValueError(
-            f"cross_entropy: target {int(t[bad].ravel()[0])} outside [0, {n_classes}) for logits shape {logits.shape}"
+            f"{op}: target {int(t[bad].ravel()[0])} outside [0, {n_classes}) for logits shape {logits.shape}"
         )
     return t
 
@@ -92,3 +95,97 @@ def cross_entropy(logits: Tensor, targets, reduction: str = "mean", ignore_index
         return (grad.reshape(logp.shape) * (g * valid)[..., None],)
 
     return Tensor.from_op(out, (logits,), backward, "cross_entropy")
+
+
+def _check_reduction(op: str, reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: unknown reduction {reduction!r}; expected 'mean', 'sum' or 'none'")
+
+
+def _reduce(op: str, losses, reduction: str, count=None):
+    """``losses`` (an array) reduced as ``reduction``, and the factor that spreads ``g`` back."""
+    _check_reduction(op, reduction)
+    if reduction == "none":
+        return losses, 1
+    n = losses.size if count is None else count
+    scale = 1 / max(n, 1) if reduction == "mean" else 1
+    return losses.sum() * losses.dtype.type(scale), scale
+
+
+@tensor_input
+def nll_loss(log_probs: Tensor, targets, reduction: str = "mean", ignore_index: int = -100) -> Tensor:
+    """Negative log-likelihood of integer ``targets`` under ``log_probs`` (``(..., C)``, the output of
+    ``log_softmax``): ``l_i = -log_probs[i, t_i]``; ``cross_entropy`` is ``nll_loss(log_softmax(z))``.
+
+    Classes are on the last axis, as in :func:`cross_entropy` here (PyTorch puts them on axis 1 for
+    inputs of more than 2 dimensions; for ``(N, C)`` the two agree). ``"mean"`` averages over the
+    non-ignored targets (0 when all are ignored). Backward: ``-g_i`` at ``[i, t_i]``, 0 elsewhere.
+
+    Raises:
+        ValueError: as :func:`cross_entropy` (targets shape, dtype, range, reduction).
+    """
+    xp = backend.xp
+    t = _checked_targets(log_probs, targets, reduction, ignore_index, 0.0, op="nll_loss")
+    valid = t != ignore_index
+    safe_t = xp.where(valid, t, 0)[..., None]
+    picked = xp.take_along_axis(log_probs.data, safe_t, axis=-1)[..., 0]
+    losses = xp.where(valid, -picked, xp.zeros((), dtype=picked.dtype))
+    out, scale = _reduce("nll_loss", losses, reduction, int(valid.sum()))
+
+    def backward(g):
+        g = xp.broadcast_to(g * scale, t.shape) * valid
+        grad = xp.zeros(log_probs.shape, dtype=g.dtype)
+        xp.put_along_axis(grad, safe_t, -g[..., None], axis=-1)  # one target per position: no repeats
+        return (grad,)
+
+    return Tensor.from_op(out, (log_probs,), backward, "nll_loss")
+
+
+def _same_shape(op: str, a: Tensor, b) -> Tensor:
+    b = b if isinstance(b, Tensor) else Tensor(backend.xp.asarray(b, dtype=a.dtype))
+    if b.shape != a.shape:
+        raise ValueError(f"{op}: input shape {a.shape} and target shape {b.shape} differ "
+                         "(no broadcasting here: it hides shape mistakes)")
+    return b
+
+
+@tensor_input
+def binary_cross_entropy_with_logits(logits: Tensor, targets, reduction: str = "mean") -> Tensor:
+    """Binary cross-entropy of probabilities ``sigmoid(z)`` against ``targets`` in ``[0, 1]`` of the same
+    shape (``torch.nn.functional.binary_cross_entropy_with_logits``), computed without overflow as
+    ``max(z, 0) - z y + log1p(exp(-|z|))``. d/dz = sigmoid(z) - y (derived here); the targets get no
+    gradient.
+
+    Raises:
+        ValueError: for shapes that differ, targets outside ``[0, 1]``, or an unknown reduction.
+    """
+    xp = backend.xp
+    _check_reduction("binary_cross_entropy_with_logits", reduction)
+    y = _same_shape("binary_cross_entropy_with_logits", logits, targets).data
+    if y.size and (bool((y < 0).any()) or bool((y > 1).any())):
+        raise ValueError("binary_cross_entropy_with_logits: targets must be in [0, 1]")
+    z = logits.data
+    losses = xp.maximum(z, 0) - z * y + xp.log1p(xp.exp(-xp.abs(z)))
+    out, scale = _reduce("binary_cross_entropy_with_logits", losses, reduction)
+
+    def backward(g):
+        e = xp.exp(-xp.abs(z))
+        s = xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+        return ((s - y) * (g * scale),)
+
+    return Tensor.from_op(out, (logits,), backward, "binary_cross_entropy_with_logits")
+
+
+@tensor_input
+def mse_loss(x: Tensor, target, reduction: str = "mean") -> Tensor:
+    """Mean squared error ``(x - target)^2`` reduced as ``reduction`` (``torch.nn.functional.mse_loss``),
+    composed of primitive ops, so a target that requires gradients gets one too.
+
+    Raises:
+        ValueError: for shapes that differ or an unknown reduction.
+    """
+    target = _same_shape("mse_loss", x, target)
+    _check_reduction("mse_loss", reduction)
+    d = x - target
+    sq = d * d
+    return sq if reduction == "none" else sq.sum() if reduction == "sum" else sq.mean()
