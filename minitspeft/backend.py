@@ -6,7 +6,9 @@ for initialisation and data shuffling are drawn on the host with NumPy and then
 moved to the backend, so that a seed gives the same model on every backend.
 
 The environment variable ``MINITSPEFT_BACKEND`` (``"numpy"`` or ``"cupy"``)
-selects the backend at import time; the default is NumPy.
+selects the backend at import time; the default is NumPy. Any other value makes
+``import minitspeft`` fail at once, with an error naming the variable and the
+valid names (rather than running on a backend nobody asked for).
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import contextlib
 import os
 
 import numpy
+
+from .checks import is_int
+
+BACKENDS = ("numpy", "cupy")
 
 xp = numpy
 _name = "numpy"
@@ -43,12 +49,12 @@ def set_backend(name: str) -> None:
             import cupy  # noqa: PLC0415 - optional dependency
         except ImportError as exc:  # pragma: no cover - depends on the machine
             raise ImportError(
-                "set_backend('cupy'): CuPy is not installed; "
-                "install the 'gpu' extra (pip install -e '.[gpu]')"
+                "set_backend('cupy'): CuPy is not installed; install the 'gpu' extra: "
+                'pip install "minitspeft[gpu]" (or pip install -e ".[gpu]" in a clone)'
             ) from exc
         xp, _name = cupy, "cupy"
     else:
-        raise ValueError(f"set_backend: unknown backend {name!r}; expected 'numpy' or 'cupy'")
+        raise ValueError(f"set_backend: unknown backend {name!r}; expected one of {', '.join(map(repr, BACKENDS))}")
 
 
 def get_backend() -> str:
@@ -119,15 +125,15 @@ def blas_threads(n: int | None = 1):
     under CPU contention.
 
     Raises:
-        ValueError: for an ``n`` that is not None or an integer >= 1.
+        ValueError: for an ``n`` that is not None or an integer >= 1 (Python or NumPy; not a bool).
     """
     if n is None:
         return contextlib.nullcontext()
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"blas_threads: n must be None or an integer >= 1, got {n!r}")
     from threadpoolctl import threadpool_limits  # noqa: PLC0415 - imported when first used
 
-    return threadpool_limits(limits=n, user_api="blas")
+    return threadpool_limits(limits=int(n), user_api="blas")
 
 
 def get_default_dtype() -> numpy.dtype:
@@ -149,14 +155,15 @@ def set_default_dtype(dtype) -> None:
 
 
 def manual_seed(seed: int) -> None:
-    """Seed the host generator used for parameter initialisation and dropout masks.
+    """Seed the host generator used for parameter initialisation and dropout masks (as ``torch.manual_seed``).
 
     Raises:
-        ValueError: if ``seed`` is negative.
+        ValueError: unless ``seed`` is an integer >= 0 (Python or NumPy; a bool, a float such as 3.7 or a
+            string is refused rather than silently truncated or parsed).
     """
     global _host_rng
-    if int(seed) < 0:
-        raise ValueError(f"manual_seed: seed must be >= 0, got {seed}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"manual_seed: seed must be an integer >= 0, got {seed!r}")
     _host_rng = numpy.random.default_rng(int(seed))
 
 
@@ -184,6 +191,23 @@ def host_rng() -> numpy.random.Generator:
     return _host_rng
 
 
-_env_backend = os.environ.get("MINITSPEFT_BACKEND")
-if _env_backend:
-    set_backend(_env_backend)
+def _backend_from_environment() -> None:
+    """Apply ``MINITSPEFT_BACKEND`` (unset or empty: NumPy).
+
+    Raises:
+        ValueError: naming the variable, its value and the valid names, for any other value.
+        ImportError: for ``cupy`` when CuPy cannot be imported.
+    """
+    name = os.environ.get("MINITSPEFT_BACKEND")
+    if not name:
+        return
+    if name not in BACKENDS:
+        raise ValueError(f"MINITSPEFT_BACKEND={name!r} is not a backend; valid names: "
+                         f"{', '.join(BACKENDS)} (unset it for NumPy)")
+    try:
+        set_backend(name)
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ImportError(f"MINITSPEFT_BACKEND={name!r}: {exc}") from exc
+
+
+_backend_from_environment()
