@@ -155,6 +155,10 @@ for model, result, _ in dead:
 assert accuracy(dead) <= accuracy(dense) - (0.10 if QUICK else 0.12)
 
 # %% [markdown]
+# Some dead layers are flagged `stuck` as well: with `tau` far above every `r`, `phi'` is about
+# 0 at every token, so the threshold has stopped moving too. A few layers are not dead at the
+# end: they reopened at a few tokens, through the path through `r` (lesson 5), too late.
+#
 # Is the update really cut off? Compare the gradient that `lora_B` of a dead layer receives on
 # a fresh batch with the one it would receive if its gates were open (`tau = 0`, just for
 # this measurement). Closed, only the path through `r` is left, scaled by `phi'(r - tau)`,
