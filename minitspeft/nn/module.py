@@ -8,7 +8,10 @@ in the order they were assigned, so ``named_parameters()`` and
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import OrderedDict
+
+import numpy as np
 
 from .. import backend
 from ..checks import check, is_int, is_number
@@ -34,6 +37,42 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hip|meta)(:\d+)?")
+
+
+def _device_name(value) -> str | None:
+    """``value`` as a device string (``"cuda:0"``; a ``torch.device`` as its string), or None if it is not one."""
+    text = str(value) if type(value).__name__ == "device" else value
+    return text if isinstance(text, str) and _DEVICE.fullmatch(text) else None
+
+
+def _check_device(module: "Module", device) -> None:
+    """Refuse (``TypeError``, ``ValueError`` or ``RuntimeError``, see :meth:`Module.to`) a device the parameters
+    are not on."""
+    name = _device_name(device)
+    if name is None:
+        raise TypeError(f"Module.to: device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (kind == "cpu" and index not in ("", "0")):
+        raise ValueError(f"Module.to: unknown device {name!r}; this project runs on 'cpu' (NumPy) or 'cuda' (CuPy)")
+    params = list(module.parameters())
+    on_host = all(isinstance(p.data, np.ndarray) for p in params)
+    moving = "moving a built model between NumPy and CuPy is not implemented"
+    if kind == "cpu" and not on_host:
+        raise RuntimeError(f"Module.to({name!r}): the parameters are CuPy arrays on the GPU and {moving}; build the "
+                           "model again after mt.set_backend(\"numpy\")")
+    if kind == "cuda" and backend.get_backend() != "cupy":
+        raise RuntimeError(f"Module.to({name!r}): the active backend is NumPy (the CPU); to run on a GPU, "
+                           "pip install \"minitspeft[gpu]\", call mt.set_backend(\"cupy\") (or set "
+                           f"MINITSPEFT_BACKEND=cupy) and build the model after it; {moving}")
+    if kind == "cuda" and any(isinstance(p.data, np.ndarray) for p in params):
+        raise RuntimeError(f"Module.to({name!r}): the parameters are NumPy arrays (built before "
+                           f"mt.set_backend(\"cupy\")) and {moving}; build the model again")
+    if kind == "cuda" and index and any(int(p.data.device.id) != int(index) for p in params):
+        raise RuntimeError(f"Module.to({name!r}): the parameters are on another GPU, and moving them between GPUs "
+                           "is not implemented; choose the GPU (cupy.cuda.Device) before building the model")
 
 
 class Module:
@@ -73,6 +112,18 @@ class Module:
     def modules(self):
         """Yield every module, this one first."""
         for _, m in self.named_modules():
+            yield m
+
+    def named_children(self):
+        """Yield ``(name, module)`` for each direct sub-module, in the order they were assigned (as
+        ``torch.nn.Module.named_children``)."""
+        for name, value in self._children_items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def children(self):
+        """Yield each direct sub-module (as ``torch.nn.Module.children``)."""
+        for _, m in self.named_children():
             yield m
 
     def named_parameters(self, prefix: str = ""):
@@ -200,20 +251,53 @@ class Module:
             if k in state:
                 p.data = backend.asarray(state[k], dtype=p.dtype).copy()
 
-    def to(self, dtype) -> "Module":
-        """Cast every floating parameter to ``dtype`` (float32 or float64) in place; gradients are dropped.
+    def to(self, *args, device=None, dtype=None) -> "Module":
+        """As ``torch.nn.Module.to``: ``to(dtype)``, ``to(device)``, ``to(device, dtype)``, or the keywords;
+        returns the module itself.
+
+        Args:
+            dtype: float32 or float64 (a NumPy dtype or its name): every floating parameter is cast in place
+                and its gradient dropped.
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (or a ``torch.device``). A module's arrays live
+                where the backend that built it put them (:mod:`minitspeft.backend`), and moving a built
+                module between NumPy and CuPy is not implemented, so this only checks that the parameters
+                are already on ``device``: a no-op then, else an error saying how to get there.
 
         Raises:
-            ValueError: for a dtype that is not float32 or float64.
+            TypeError: for an argument that is neither a device nor a dtype, or two of one kind.
+            ValueError: for an unknown device, or a dtype other than float32 and float64.
+            RuntimeError: for a device the parameters are not on (``"cuda"`` on the NumPy backend names
+                ``pip install "minitspeft[gpu]"`` and ``mt.set_backend("cupy")``).
+        Nothing is changed when any of them is raised.
         """
-        dt = backend.xp.dtype(dtype)
-        if dt not in (backend.xp.float32, backend.xp.float64):
-            raise ValueError(f"Module.to: expected float32 or float64, got {dt}")
-        for p in self.parameters():
-            if p.dtype.kind == "f":
-                p.data = p.data.astype(dt)
-                p.grad = None
+        for a in args:
+            kind = "device" if _device_name(a) is not None else "dtype"
+            seen = device if kind == "device" else dtype
+            if seen is not None:
+                raise TypeError(f"Module.to: got two {kind}s, {seen!r} and {a!r}; give at most one device and one dtype")
+            device, dtype = (a, dtype) if kind == "device" else (device, a)
+        if device is not None:
+            _check_device(self, device)
+        if dtype is not None:
+            try:
+                dt = backend.xp.dtype(dtype)
+            except TypeError:
+                raise TypeError(f"Module.to: {dtype!r} is neither a device ('cpu', 'cuda') nor a dtype") from None
+            if dt not in (backend.xp.float32, backend.xp.float64):
+                raise ValueError(f"Module.to: expected float32 or float64, got {dt}")
+            for p in self.parameters():
+                if p.dtype.kind == "f":
+                    p.data = p.data.astype(dt)
+                    p.grad = None
         return self
+
+    def cpu(self) -> "Module":
+        """``to("cpu")``, as ``torch.nn.Module.cpu``: checks that the parameters are on the host (see :meth:`to`)."""
+        return self.to("cpu")
+
+    def cuda(self) -> "Module":
+        """``to("cuda")``, as ``torch.nn.Module.cuda``: checks that the parameters are on the GPU (see :meth:`to`)."""
+        return self.to("cuda")
 
     def double(self) -> "Module":
         """``to(float64)``: for gradient checks."""
