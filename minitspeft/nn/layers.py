@@ -26,9 +26,15 @@ def _uniform(shape, bound: float, dtype) -> Parameter:
     return Parameter(backend.asarray(values))
 
 
-def _check_positive(op: str, **sizes) -> None:
+def _check_positive(op: str, **sizes) -> tuple:
+    """The ``sizes`` as Python ints after checking each is an integer >= 1 (NumPy integers too).
+
+    Raises:
+        ValueError: naming ``op``, the size and its value.
+    """
     for name, n in sizes.items():
         check_int(op, name, n)
+    return tuple(int(n) for n in sizes.values())
 
 
 class Linear(Module):
@@ -49,7 +55,7 @@ class Linear(Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
-        _check_positive("Linear", in_features=in_features, out_features=out_features)
+        in_features, out_features = _check_positive("Linear", in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         bound = 1.0 / math.sqrt(in_features)
         self.weight = _uniform((out_features, in_features), bound, dtype)
@@ -70,7 +76,8 @@ class Embedding(Module):
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype=None):
-        _check_positive("Embedding", num_embeddings=num_embeddings, embedding_dim=embedding_dim)
+        num_embeddings, embedding_dim = _check_positive("Embedding", num_embeddings=num_embeddings,
+                                                        embedding_dim=embedding_dim)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         values = backend.host_rng().normal(0.0, 0.02, size=(num_embeddings, embedding_dim))
         self.weight = Parameter(backend.asarray(values.astype(_dtype(dtype))))
@@ -89,7 +96,7 @@ class LayerNorm(Module):
     """
 
     def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype=None):
-        _check_positive("LayerNorm", normalized_shape=normalized_shape)
+        (normalized_shape,) = _check_positive("LayerNorm", normalized_shape=normalized_shape)
         check_number("LayerNorm", "eps", eps, 0)
         self.normalized_shape, self.eps = normalized_shape, eps
         self.weight = Parameter(backend.xp.ones(normalized_shape, dtype=_dtype(dtype)))

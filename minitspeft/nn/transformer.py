@@ -42,6 +42,9 @@ class TransformerConfig(Config):
         n_classes: classifier outputs, or None for a language-model head.
         pooling: ``"mean"`` over tokens or ``"cls"`` (the first token) for classifiers.
 
+    Sizes may be NumPy integers; :meth:`validate` stores them as Python ints (and ``dropout`` as a float),
+    so the config stays JSON-able.
+
     Raises:
         ValueError: naming the first bad field (checked when built, by ``replace`` and by ``validate()``).
     """
@@ -78,6 +81,10 @@ class TransformerConfig(Config):
         check_int(n, "n_classes", self.n_classes, allow_none=True)
         check(self.pooling in ("mean", "cls"), n, "pooling", self.pooling, "'mean' or 'cls'")
         check(isinstance(self.causal, bool), n, "causal", self.causal, "a bool")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "n_classes"):
+            if getattr(self, name) is not None:  # NumPy integers are welcome, and stored as Python ints (JSON-able)
+                setattr(self, name, int(getattr(self, name)))
+        self.dropout = float(self.dropout)
 
 
 def check_config(op: str, config) -> None:

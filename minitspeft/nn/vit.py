@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import backend
+from ..checks import check_int
 from ..ops import broadcast_to, concat
 from ..tensor import Tensor
 from .layers import Dropout, Embedding, LayerNorm, Linear
@@ -28,8 +29,8 @@ class ViT(_Trunk):
     logits ``(B, n_classes)``.
 
     Raises:
-        ValueError: for a config without ``n_classes``, sizes that do not
-            divide, or images of the wrong shape or a non-numeric dtype.
+        ValueError: for a config without ``n_classes``, sizes that are not integers >= 1 (Python or
+            NumPy) or do not divide, or images of the wrong shape or a non-numeric dtype.
     """
 
     def __init__(self, config: TransformerConfig, patch_size: int = 2, image_size: int = 8,
@@ -37,10 +38,12 @@ class ViT(_Trunk):
         check_config("ViT", config)
         if config.n_classes is None:
             raise ValueError("ViT: config.n_classes must be set for an image classifier")
-        if patch_size < 1 or image_size % patch_size:
+        for name, value in (("patch_size", patch_size), ("image_size", image_size), ("channels", channels)):
+            check_int("ViT", name, value)
+        if image_size % patch_size:
             raise ValueError(f"ViT: image_size {image_size} must be divisible by patch_size {patch_size}")
         self.config = config
-        self.patch_size, self.image_size, self.channels = patch_size, image_size, channels
+        self.patch_size, self.image_size, self.channels = int(patch_size), int(image_size), int(channels)
         self.grid = image_size // patch_size
         self.n_tokens = self.grid * self.grid + 1  # patches + CLS
         c = config
