@@ -54,10 +54,21 @@ def _configs(model: Module) -> dict:
     return out
 
 
+def _plain(value):
+    """``value`` with NumPy scalars as Python numbers and tuples as lists, nested (a config may hold
+    ``np.int64(8)``): JSON-able, and equal to what a saved record reads back as."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def run_fingerprint(model: Module, opt, x, y, loop: dict) -> dict:
     """What must be equal for a checkpoint to continue a run: ``{"loop", "data", "model", "parameters",
-    "frozen_weights", "optimizer"}``, JSON-able (``frozen_weights`` hashes the values of the frozen
-    parameters, so a run on another base model of the same shape is refused).
+    "frozen_weights", "optimizer"}``, JSON-able even where a config holds NumPy numbers
+    (``frozen_weights`` hashes the values of the frozen parameters, so a run on another base model of the
+    same shape is refused).
 
     Args:
         model: the model being trained; opt: its optimiser (its groups' settings count, not their ``lr``,
@@ -69,11 +80,11 @@ def run_fingerprint(model: Module, opt, x, y, loop: dict) -> dict:
         if not p.requires_grad:
             frozen.update(n.encode())
             frozen.update(np.ascontiguousarray(backend.to_numpy(p.data)).tobytes())
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k not in ("params", "lr")}
-              | {"n_params": len(g["params"])} for g in opt.param_groups]
-    return {"loop": dict(loop), "data": {"n": len(x), "sha256": _data_hash(x, y)}, "model": _configs(model),
-            "parameters": hashlib.sha256("\n".join(params).encode()).hexdigest()[:32],
-            "frozen_weights": frozen.hexdigest()[:32], "optimizer": groups}
+    groups = [{k: v for k, v in g.items() if k not in ("params", "lr")} | {"n_params": len(g["params"])}
+              for g in opt.param_groups]
+    return _plain({"loop": dict(loop), "data": {"n": len(x), "sha256": _data_hash(x, y)}, "model": _configs(model),
+                   "parameters": hashlib.sha256("\n".join(params).encode()).hexdigest()[:32],
+                   "frozen_weights": frozen.hexdigest()[:32], "optimizer": groups})
 
 
 def _flatten(value, prefix: str = "") -> dict:

@@ -78,8 +78,8 @@ class Optimizer:
                 seen.add(id(p))
             group.setdefault("initial_lr", group["lr"])
             check_int(type(self).__name__, "frozen_until", group.setdefault("frozen_until", 0), 0)
-            check_number(type(self).__name__, "initial_lr", group["initial_lr"], 0)
             self._check_group(group)
+            check_number(type(self).__name__, "initial_lr", group["initial_lr"], 0)
             group["frozen_until"], group["initial_lr"] = int(group["frozen_until"]), float(group["initial_lr"])
             self.param_groups.append(group)
         self.state: dict = {}

@@ -27,6 +27,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, run_fingerprint, save_check
 from .checks import check_int, check_number
 from .nn.module import Module
 from .optim import AdamW, clip_grad_norm, set_lr_factor, warmup_cosine
+from .peft.base import ModulesToSaveWrapper, PeftLayer
 from .peft.model import PeftModel
 from .tensor import no_grad
 
@@ -94,15 +95,22 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
         RuntimeWarning: once, the first time a gated layer is dead (all gates
             closed) or its threshold stuck (zero surrogate derivative everywhere).
 
+    Sizes, seeds and rates may be NumPy numbers (``np.int64(8)``) as well as Python ones.
+
     Raises:
-        ValueError: for mismatched ``x``/``y`` lengths, non-positive sizes, or a
-            checkpoint from other settings (nothing is changed then).
+        ValueError: for mismatched ``x``/``y`` lengths, non-positive sizes, a model whose adapter is merged
+            (``merge_adapter()``) or disabled (inside ``disable_adapter()``), or a checkpoint from other
+            settings; all before the first step, and nothing is changed then.
         FloatingPointError: naming the step at which the loss became NaN or infinite.
     """
     x, y = _checked_data(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, seed=seed, max_grad_norm=max_grad_norm,
                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                          blas_threads=blas_threads)
+    # NumPy numbers are welcome; as Python numbers they keep the checkpoint's record JSON-able
+    steps, batch_size, warmup_steps, seed, checkpoint_every = map(int, (steps, batch_size, warmup_steps, seed,
+                                                                         checkpoint_every))
+    lr, weight_decay, max_grad_norm = float(lr), float(weight_decay), _float_or_none(max_grad_norm)
     backend.manual_seed(seed)
     peft = model if isinstance(model, PeftModel) and model.gate_config is not None else None
     opt = build_optimizer(model, lr, weight_decay)
@@ -153,10 +161,33 @@ def _checked_data(model: Module, x, y, **settings) -> tuple:
     check_int("fit", "blas_threads", settings["blas_threads"], allow_none=True)
     if settings["checkpoint_dir"] is None and (settings["resume"] or settings["checkpoint_every"]):
         raise ValueError("fit: resume=True and checkpoint_every need a checkpoint_dir")
+    _check_adapters_active(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
                          "from_pretrained is frozen unless is_trainable=True)")
     return x, y
+
+
+def _float_or_none(value):
+    return None if value is None else float(value)
+
+
+def _check_adapters_active(model: Module) -> None:
+    """Refuse to train a model with a merged or disabled adapter layer: such a layer computes the base
+    output, so its adapter would get no gradient (``backward`` would fail, or the run would train nothing).
+
+    Raises:
+        ValueError: naming ``fit``, the state, up to three of the layers, and what to do instead.
+    """
+    for flag, kinds, state, fix in (
+            ("merged", (PeftLayer,), "merged into the base weights (merge_adapter())", "call unmerge_adapter() first"),
+            ("disabled", (PeftLayer, ModulesToSaveWrapper), "disabled (inside `with model.disable_adapter():`)",
+             "call fit outside that block")):
+        names = [n for n, m in model.named_modules() if isinstance(m, kinds) and getattr(m, flag, False)]
+        if names:
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} in all)" if len(names) > 3 else "")
+            raise ValueError(f"fit: the adapter is {state} in {shown}; such a layer computes the base model's "
+                             f"output and its adapter gets no gradient, so nothing would train: {fix}")
 
 
 def build_optimizer(model: Module, lr: float, weight_decay: float = 0.0) -> AdamW:
