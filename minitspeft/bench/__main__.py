@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 
 from tqdm.auto import tqdm
@@ -33,12 +34,27 @@ def twins(args) -> list:
     return [] if args.no_twins else [t for t in TWINS if importlib.util.find_spec(t) is not None]
 
 
+def _threads(text: str) -> int:
+    """An argparse type for ``--threads``: an integer in ``[1, os.cpu_count()]`` (more BLAS threads than
+    cores only slow a step down), refused with a one-line message naming the range."""
+    cores = os.cpu_count() or 1
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= cores:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {cores}] (this machine's CPU count), "
+                                         f"got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minitspeft.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", choices=sorted(CONFIGS), default="bench-small")
     p.add_argument("--steps", type=int, default=20, help="timed steps per case (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="host BLAS threads (default 1)")
+    p.add_argument("--threads", type=_threads, default=1,
+                   help="host BLAS threads, 1 to the CPU count (default 1)")
     p.add_argument("--backend", choices=["numpy", "cupy"], default=backend.get_backend())
     p.add_argument("--scaling", action="store_true", help="also time the step as seq_len and n_embd double")
     p.add_argument("--no-densities", action="store_true", help="skip the forced-density cases")
@@ -116,9 +132,8 @@ def main(argv=None) -> int:
         backend.set_backend(case["backend"])
         print(json.dumps(worker(case)))
         return 0
-    for name in ("steps", "threads"):
-        if getattr(args, name) < 1:
-            build_parser().error(f"--{name} must be >= 1")
+    if args.steps < 1:
+        build_parser().error("--steps must be >= 1")
     if args.warmup < 0:
         build_parser().error("--warmup must be >= 0")
     problem = output_file_problem(args.json) if args.json is not None else None
