@@ -13,6 +13,16 @@ import dataclasses
 __all__ = ["Config"]
 
 
+def _plain(value):
+    """``value`` with NumPy scalars (also inside lists and tuples) turned into Python numbers."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    item = getattr(value, "item", None)
+    return item() if callable(item) and getattr(value, "shape", None) == () else value
+
+
 @dataclasses.dataclass
 class Config:
     """Base of the configurations; subclasses are dataclasses that implement :meth:`validate`."""
@@ -24,8 +34,9 @@ class Config:
         """Check every field (subclasses: raise ``ValueError`` naming the first bad one)."""
 
     def to_dict(self) -> dict:
-        """The fields as a dict (JSON-able when the values are)."""
-        return dataclasses.asdict(self)
+        """The fields as a dict; NumPy scalars (``np.int64(8)``, ``np.float32(0.1)``) become Python numbers,
+        so the dict is JSON-able whenever the values are."""
+        return {k: _plain(v) for k, v in dataclasses.asdict(self).items()}
 
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed, checked again.

@@ -529,3 +529,17 @@ def test_fit_refuses_a_merged_or_disabled_adapter_before_any_step(state, tmp_pat
     if state == "merged":
         pm.unmerge_adapter()
     assert len(fit(pm, x, y, steps=1, batch_size=8, progress=False).history) == 1  # and trains again after
+
+
+def test_configs_with_numpy_scalars_save_as_json(tmp_path):
+    from minitspeft.peft import AdapterConfig, GateConfig, PeftModel, get_peft_model
+
+    mt.manual_seed(0)
+    vit = nn.ViT(nn.TransformerConfig(n_classes=3, pooling="cls"), patch_size=2, image_size=8)
+    pm = get_peft_model(vit, AdapterConfig(bottleneck=np.int64(8)), gate=GateConfig(temperature=np.float32(0.25)))
+    pm.save_pretrained(str(tmp_path))
+    mt.manual_seed(0)
+    again = PeftModel.from_pretrained(nn.ViT(nn.TransformerConfig(n_classes=3, pooling="cls"), patch_size=2,
+                                             image_size=8), str(tmp_path))
+    assert again.peft_config.bottleneck == 8 and type(again.peft_config.bottleneck) is int
+    assert again.gate_config.temperature == 0.25

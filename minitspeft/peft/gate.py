@@ -204,7 +204,8 @@ def reference_gate(b: Tensor, d: Tensor, score: Tensor, tau, surrogate: str = "s
 
     ``z = score - tau``, ``H = 1[z >= 0]`` is the hard step (a constant) and
     ``phi`` the surrogate's smooth step (:func:`surrogate_step`): the forward
-    value of ``S`` is exactly ``H``, its gradient is ``phi'(z)``. The fused
+    value of ``S`` is ``H`` up to one rounding (``(1 + phi) - phi`` can miss 1 by 1.1e-16;
+    :func:`gated_update` computes ``H`` itself), its gradient is ``phi'(z)``. The fused
     :func:`gated_update` and the variants of :class:`TokenGate` must give the
     same outputs and gradients (the tests check it).
 
