@@ -5,7 +5,7 @@ time, so :func:`set_backend` takes effect everywhere at once). Random numbers
 for initialisation and data shuffling are drawn on the host with NumPy and then
 moved to the backend, so that a seed gives the same model on every backend.
 
-The environment variable ``MINITSPEFT_BACKEND`` (``"numpy"`` or ``"cupy"``)
+The environment variable ``MINITSPEFT_BACKEND`` (``"numpy"``, ``"cupy"`` or ``"strict"``)
 selects the backend at import time; the default is NumPy. Any other value makes
 ``import minitspeft`` fail at once, with an error naming the variable and the
 valid names (rather than running on a backend nobody asked for).
@@ -20,7 +20,7 @@ import numpy
 
 from .checks import is_int
 
-BACKENDS = ("numpy", "cupy")
+BACKENDS = ("numpy", "cupy", "strict")
 
 xp = numpy
 _name = "numpy"
@@ -32,7 +32,9 @@ def set_backend(name: str) -> None:
     """Select the array library used for all tensor data.
 
     Args:
-        name: ``"numpy"`` or ``"cupy"``.
+        name: ``"numpy"``, ``"cupy"``, or ``"strict"``: NumPy underneath, but with CuPy's refusals of
+            every implicit trip to the host (:mod:`minitspeft.strict_xp`), to check the CuPy path on
+            a machine without a GPU.
 
     Raises:
         ValueError: for any other name.
@@ -53,20 +55,29 @@ def set_backend(name: str) -> None:
                 'pip install "minitspeft[gpu]" (or pip install -e ".[gpu]" in a clone)'
             ) from exc
         xp, _name = cupy, "cupy"
+    elif name == "strict":
+        from . import strict_xp  # noqa: PLC0415 - only when asked for
+
+        xp, _name = strict_xp.xp, "strict"
     else:
         raise ValueError(f"set_backend: unknown backend {name!r}; expected one of {', '.join(map(repr, BACKENDS))}")
 
 
 def get_backend() -> str:
-    """Return the name of the active backend, ``"numpy"`` or ``"cupy"``."""
+    """Return the name of the active backend, ``"numpy"``, ``"cupy"`` or ``"strict"``."""
     return _name
 
 
 def to_numpy(array) -> numpy.ndarray:
-    """Return ``array`` (a NumPy or CuPy array, or a scalar) as a NumPy array on the host."""
-    if hasattr(array, "get"):  # a CuPy array
+    """Return ``array`` (a NumPy, CuPy or strict array, or a scalar) as a NumPy array on the host."""
+    if hasattr(array, "get"):  # a CuPy (or strict) array: the explicit copy
         return array.get()
     return numpy.asarray(array)
+
+
+def is_host_array(array) -> bool:
+    """Whether ``array`` is a NumPy array (on the host), rather than a CuPy or strict device array."""
+    return isinstance(array, numpy.ndarray)
 
 
 def asarray(data, dtype=None):
@@ -89,6 +100,10 @@ def scatter_add(target, index, values) -> None:
         import cupyx  # noqa: PLC0415
 
         cupyx.scatter_add(target, index, values)
+    elif _name == "strict":
+        from . import strict_xp  # noqa: PLC0415
+
+        strict_xp.scatter_add(target, index, values)
     else:
         numpy.add.at(target, index, values)
 

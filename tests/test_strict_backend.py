@@ -1,0 +1,96 @@
+"""The strict stand-in for CuPy (``minitspeft.strict_xp``): what it refuses, what it counts, and that a
+whole TS-LoRA workflow runs on it and gives the NumPy backend's numbers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minitspeft as mt
+from minitspeft import backend, strict_xp
+
+PACKAGE = Path(mt.__file__).parent
+HERE = Path(__file__).parent
+
+
+@pytest.fixture
+def strict():
+    before = backend.get_backend()
+    backend.set_backend("strict")
+    yield strict_xp
+    backend.set_backend(before)
+
+
+def _as_package_code(source: str, **names):
+    """Run ``source`` as if it were a module of the package (the stand-in's refusals apply there)."""
+    exec(compile(source, str(PACKAGE / "slip.py"), "exec"), dict(names))  # noqa: S102 - a test probe
+
+
+def test_arrays_are_their_own_type_and_go_to_the_host_only_explicitly(strict):
+    t = mt.randn(2, 3)
+    assert isinstance(t.data, strict_xp.StrictArray) and not isinstance(t.data, np.ndarray)
+    host = mt.to_numpy(t.data)
+    assert type(host) is np.ndarray and np.array_equal(host, t.numpy())
+    assert isinstance(t.data.sum(), strict_xp.StrictArray) and t.data.sum().shape == ()  # 0-d, as CuPy
+
+
+@pytest.mark.parametrize("slip", [
+    "np.asarray(a)",                 # __array__
+    "a + np.ones(3)",                # mixing in an operator
+    "np.ones(3) * a",                # ... on either side
+    "backend.xp.maximum(a, np.zeros(3))",  # mixing in a function call
+    "a[np.array([0, 1])]",           # a host index array
+])
+def test_package_code_that_slips_into_numpy_raises(strict, slip):
+    a = backend.xp.asarray(np.arange(3.0))
+    with pytest.raises(TypeError, match="strict backend"):
+        _as_package_code(slip, np=np, a=a, backend=backend)
+
+
+def test_numpy_scalars_and_ufuncs_on_device_arrays_stay_on_the_device(strict):
+    a = backend.xp.asarray(np.arange(3.0, dtype=np.float32))
+    out = {}
+    _as_package_code("out['x'] = np.float32(2) * np.exp(a)", np=np, a=a, out=out)
+    assert isinstance(out["x"], strict_xp.StrictArray) and out["x"].dtype == np.float32
+
+
+def test_transfers_are_counted_and_can_be_forbidden(strict):
+    a = backend.xp.asarray(np.arange(3.0))
+    before = strict_xp.transfer_count()
+    float(a.sum()), a.get(), a.tolist()
+    assert strict_xp.transfer_count() == before + 3
+    with strict_xp.no_transfers():
+        b = (a * 2).sum()  # device work only: allowed
+        with pytest.raises(strict_xp.HostTransferError, match="item"):
+            b.item()
+
+
+def test_host_data_given_to_the_engine_is_moved_explicitly(strict):
+    x = mt.Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    x.data = np.ones((2, 3))  # a host array assigned to .data goes to the device
+    assert isinstance(x.data, strict_xp.StrictArray)
+    y = x[np.array([1, 0])]   # a host index array too
+    y.sum().backward()
+    np.testing.assert_array_equal(mt.to_numpy(x.grad), np.ones((2, 3)))
+
+
+def _flow(backend_name: str) -> dict:
+    env = {**os.environ, "MINITSPEFT_BACKEND": backend_name}
+    proc = subprocess.run([sys.executable, str(HERE / "strict_flow.py")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_a_ts_lora_workflow_on_the_strict_backend_gives_the_numpy_backends_numbers():
+    ours, ref = _flow("strict"), _flow("numpy")
+    assert ours["backend"] == "strict" and ref["backend"] == "numpy"
+    np.testing.assert_allclose(ours["logits"], ref["logits"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ours["taus"], ref["taus"], rtol=1e-6, atol=1e-7)
+    assert ours["generated"] == ref["generated"]
