@@ -192,6 +192,15 @@ def repeat(x: Tensor, *repeats) -> Tensor:
     return Tensor.from_op(out, (x,), backward, "repeat")
 
 
+def _device_index(i):
+    """One part of an index on the backend: a Tensor's array, or a host array (NumPy on a GPU) moved there."""
+    if isinstance(i, Tensor):
+        return i.data
+    if hasattr(i, "shape") and hasattr(i, "dtype") and not isinstance(i, backend.xp.ndarray):
+        return backend.asarray(i)  # the explicit copy to the device (a no-op on NumPy)
+    return i
+
+
 @tensor_input
 def getitem(x: Tensor, index) -> Tensor:
     """``x[index]`` for ints, slices, integer arrays and boolean masks, with NumPy's rules.
@@ -209,10 +218,7 @@ def getitem(x: Tensor, index) -> Tensor:
     Raises:
         IndexError: naming the index and the shape when it is out of range.
     """
-    if isinstance(index, Tensor):
-        index = index.data
-    elif isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    index = tuple(_device_index(i) for i in index) if isinstance(index, tuple) else _device_index(index)
     try:
         out = x.data[index]
     except IndexError as exc:

@@ -156,6 +156,8 @@ class Tensor:
 
     @data.setter
     def data(self, value) -> None:
+        if not isinstance(value, backend.xp.ndarray):  # host data (a list, a NumPy array on a GPU backend)
+            value = backend.asarray(value)
         self._data = value
         self._version += 1
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import to_numpy
 from .tensor import Tensor
 
 __all__ = ["check_grad", "central_difference"]
@@ -83,12 +84,12 @@ def _reverse_mode(fn, arrays, rng) -> tuple:
     for i, (a, leaf) in enumerate(zip(arrays, leaves)):
         if leaf.grad is None:
             _fail(f"check_grad: input {i}: .grad is None after backward()")
-        g = leaf.grad
+        g = to_numpy(leaf.grad)  # the checks below run on the host: an explicit copy on a GPU backend
         if g.shape != a.shape or g.dtype != np.float64:
             _fail(f"check_grad: input {i}: gradient {g.dtype} {g.shape}, expected float64 {a.shape}")
         if not np.all(np.isfinite(g)):
             _fail(f"check_grad: input {i}: non-finite gradient {g}")
-        grads.append(np.array(g))
+        grads.append(g)
         if not np.array_equal(leaf.numpy(), a):
             _fail(f"check_grad: forward or backward modified input {i} in place")
     return np.asarray(out.numpy()), grads, v

@@ -11,7 +11,6 @@ import contextlib
 import re
 from collections import OrderedDict
 
-import numpy as np
 
 from .. import backend
 from ..checks import check, is_int, is_number
@@ -58,7 +57,7 @@ def _check_device(module: "Module", device) -> None:
     if kind not in ("cpu", "cuda") or (kind == "cpu" and index not in ("", "0")):
         raise ValueError(f"Module.to: unknown device {name!r}; this project runs on 'cpu' (NumPy) or 'cuda' (CuPy)")
     params = list(module.parameters())
-    on_host = all(isinstance(p.data, np.ndarray) for p in params)
+    on_host = all(backend.is_host_array(p.data) for p in params)
     moving = "moving a built model between NumPy and CuPy is not implemented"
     if kind == "cpu" and not on_host:
         raise RuntimeError(f"Module.to({name!r}): the parameters are CuPy arrays on the GPU and {moving}; build the "
@@ -67,7 +66,7 @@ def _check_device(module: "Module", device) -> None:
         raise RuntimeError(f"Module.to({name!r}): the active backend is NumPy (the CPU); to run on a GPU, "
                            "pip install \"minitspeft[gpu]\", call mt.set_backend(\"cupy\") (or set "
                            f"MINITSPEFT_BACKEND=cupy) and build the model after it; {moving}")
-    if kind == "cuda" and any(isinstance(p.data, np.ndarray) for p in params):
+    if kind == "cuda" and any(backend.is_host_array(p.data) for p in params):
         raise RuntimeError(f"Module.to({name!r}): the parameters are NumPy arrays (built before "
                            f"mt.set_backend(\"cupy\")) and {moving}; build the model again")
     if kind == "cuda" and index and any(int(p.data.device.id) != int(index) for p in params):
