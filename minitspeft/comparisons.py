@@ -5,7 +5,8 @@ element-wise and return boolean Tensors, as in PyTorch (and NumPy), with
 NumPy's broadcasting; so do :func:`isnan` and :func:`isfinite`. A boolean
 result is a step function of its inputs, whose derivative is 0 wherever it
 is defined, so none of them records a graph: use the result as a mask
-(``where``, ``masked_fill``) or a count (``.sum()``). Python's ``if t:``
+(``where``, ``masked_fill``) or a count (``.sum()``), and combine masks
+with ``&``, ``|``, ``^`` and ``~``. Python's ``if t:``
 works only on a one-element result; :func:`equal` (``t.equal(u)``) answers
 "same shape and same values" with one Python bool.
 
@@ -23,7 +24,8 @@ from . import backend
 from .extend import broadcast_shape, tensor_input
 from .tensor import Tensor, attach_methods
 
-__all__ = ["eq", "ne", "lt", "le", "gt", "ge", "equal", "isnan", "isfinite"]
+__all__ = ["eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor", "logical_not", "equal",
+           "isnan", "isfinite"]
 
 
 def _compare(name: str, a, b, fn) -> Tensor:
@@ -73,6 +75,43 @@ def ge(a, b) -> Tensor:
     return _compare("ge", a, b, lambda x, y: x >= y)
 
 
+def _logical(name: str, a, b, fn) -> Tensor:
+    """``fn`` of two boolean or integer tensors (``&``, ``|``, ``^``): element-wise, no graph."""
+    for t in (a, b):
+        kind = (t.dtype.kind if isinstance(t, Tensor) else backend.xp.asarray(t).dtype.kind)
+        if kind not in "biu":
+            raise TypeError(f"{name}: needs boolean or integer tensors (masks), got dtype kind {kind!r}; "
+                            "compare first (x > 0)")
+    return _compare(name, a, b, fn)
+
+
+def logical_and(a, b) -> Tensor:
+    """``a & b`` element-wise on boolean (or integer, bitwise) tensors, as in PyTorch: for masks."""
+    return _logical("logical_and", a, b, lambda x, y: x & y)
+
+
+def logical_or(a, b) -> Tensor:
+    """``a | b`` element-wise on boolean (or integer, bitwise) tensors."""
+    return _logical("logical_or", a, b, lambda x, y: x | y)
+
+
+def logical_xor(a, b) -> Tensor:
+    """``a ^ b`` element-wise on boolean (or integer, bitwise) tensors."""
+    return _logical("logical_xor", a, b, lambda x, y: x ^ y)
+
+
+@tensor_input
+def logical_not(x: Tensor) -> Tensor:
+    """``~x``: not, for a boolean tensor (bitwise not for integers).
+
+    Raises:
+        TypeError: for a floating tensor.
+    """
+    if x.dtype.kind not in "biu":
+        raise TypeError(f"logical_not: needs a boolean or integer tensor, got {x.dtype}")
+    return Tensor(~x.data)
+
+
 @tensor_input
 def equal(x: Tensor, other) -> bool:
     """True when ``other`` has ``x``'s shape and every element is equal (``torch.equal``).
@@ -98,5 +137,8 @@ def isfinite(x: Tensor) -> Tensor:
 attach_methods({
     "__eq__": eq, "__ne__": ne, "__lt__": lt, "__le__": le, "__gt__": gt, "__ge__": ge,
     "eq": eq, "ne": ne, "lt": lt, "le": le, "gt": gt, "ge": ge,
+    "__and__": logical_and, "__or__": logical_or, "__xor__": logical_xor, "__invert__": logical_not,
+    "__rand__": lambda self, other: logical_and(other, self), "__ror__": lambda self, other: logical_or(other, self),
+    "__rxor__": lambda self, other: logical_xor(other, self),
     "equal": equal, "isnan": isnan, "isfinite": isfinite,
 })

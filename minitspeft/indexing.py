@@ -75,16 +75,18 @@ def chunk(x: Tensor, chunks: int, dim: int = 0) -> tuple:
 
 
 @tensor_input
-def pad(x: Tensor, pad: tuple, value: float = 0.0) -> Tensor:  # noqa: A002 - PyTorch's argument name
+def pad(x: Tensor, pad: tuple, mode: str = "constant", value: float = 0.0) -> Tensor:  # noqa: A002
     """Pad with the constant ``value`` (``torch.nn.functional.pad``, mode "constant"). ``pad`` lists
     ``(left, right)`` amounts from the LAST axis backwards: ``(1, 2)`` pads the last axis with 1 in
     front and 2 behind, ``(1, 2, 0, 3)`` also pads the axis before it with 3 behind. The gradient is
     the unpadded middle.
 
     Raises:
-        ValueError: for an odd-length ``pad``, more pairs than axes, or a negative amount (cropping is
-            not supported: index instead).
+        ValueError: for an odd-length ``pad``, more pairs than axes, a negative amount (cropping is
+            not supported: index instead), or a mode other than "constant".
     """
+    if mode != "constant":
+        raise ValueError(f"pad: only mode='constant' is implemented here, got mode={mode!r}")
     amounts = tuple(pad)
     if len(amounts) % 2 or len(amounts) // 2 > x.ndim or not all(is_int(p) and p >= 0 for p in amounts):
         raise ValueError(f"pad: pad must be pairs of non-negative integers, at most one pair per axis of "

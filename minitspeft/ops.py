@@ -258,10 +258,19 @@ def clone(x: Tensor) -> Tensor:
 @tensor_input
 def to_dtype(x: Tensor, dtype) -> Tensor:
     """``x`` cast to ``dtype``; the gradient is cast back to ``x``'s dtype (as ``torch.Tensor.to(dtype)``).
+    A device name instead: ``"cpu"`` is :meth:`Tensor.cpu`, ``"cuda"`` the tensor itself on CuPy.
 
     Raises:
+        RuntimeError: for ``"cuda"`` when the backend is not CuPy.
         TypeError: for a dtype that is not floating while ``x`` requires gradients.
     """
+    if isinstance(dtype, str) and dtype.partition(":")[0] in ("cpu", "cuda"):  # PyTorch's device names
+        if dtype.startswith("cuda") and backend.get_backend() != "cupy":
+            raise RuntimeError(f"to({dtype!r}): the active backend is {backend.get_backend()}, not CuPy; "
+                               'pip install "minitspeft[gpu]" and call mt.set_backend("cupy") before making tensors')
+        if dtype.startswith("cpu"):
+            return x.cpu()
+        return x
     dtype = backend.xp.dtype(dtype)
     if x.requires_grad and dtype.kind != "f":
         raise TypeError(f"to_dtype: a tensor that requires gradients can only be cast to a floating dtype, "

@@ -86,8 +86,8 @@ def mean(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
 def _extreme(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
     """``max`` or ``min`` (``op``) over ``axis`` of any dtype; the gradient is shared evenly among ties."""
     axes = normalize_axes(op, axis, x.ndim)
-    if x.size == 0:
-        raise ValueError(f"{op}: cannot reduce an empty tensor of shape {x.shape}")
+    if x.size == 0 and (x.ndim == 0 or builtins.any(x.shape[ax] == 0 for ax in axes)):
+        raise ValueError(f"{op}: cannot reduce over an empty axis of shape {x.shape} (axis {axis})")
     top = getattr(x.data, op)(axis=axes, keepdims=True)  # exact for every dtype (no negation to wrap)
 
     def backward(g):
@@ -98,27 +98,49 @@ def _extreme(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
     return Tensor.from_op(out, (x,), backward, op)
 
 
+class MaxMin(tuple):
+    """``(values, indices)`` of ``max`` / ``min`` called with PyTorch's ``dim=`` (``torch.return_types.max``)."""
+
+    values = property(lambda self: self[0])
+    indices = property(lambda self: self[1])
+
+
+def _extreme_or_pair(op: str, x: Tensor, axis, keepdims, dim, keepdim):
+    if keepdims is not None and keepdim is not None:
+        raise TypeError(f"{op}: got both keepdims and keepdim; give one")
+    keepdims = bool(keepdim if keepdim is not None else keepdims)
+    if dim is None:
+        return _extreme(op, x, axis, keepdims)
+    if axis is not None:
+        raise TypeError(f"{op}: got both axis and dim; give one")
+    values = _extreme(op, x, dim, keepdims)
+    return MaxMin((values, _index_of_extreme("arg" + op, x, dim, keepdims)))
+
+
 @tensor_input
-@torch_names
-def max(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def max(x: Tensor, axis=None, keepdims=None, *, dim=None, keepdim=None):  # noqa: A001
     """Maximum over ``axis``; the gradient is shared evenly among tied maxima (as ``torch.amax``).
 
+    With PyTorch's ``dim=`` (one axis), the result is PyTorch's pair ``(values, indices)``
+    (:class:`MaxMin`, also ``.values`` and ``.indices``), as ``torch.max(x, dim)``; with ``axis``
+    (NumPy's name, or positional) it is the values alone. ``keepdim`` is ``keepdims``.
+
     Raises:
-        ValueError: for an empty tensor or axis.
+        ValueError: when a reduced axis is empty.
     """
-    return _extreme("max", x, axis, keepdims)
+    return _extreme_or_pair("max", x, axis, keepdims, dim, keepdim)
 
 
 @tensor_input
-@torch_names
-def min(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def min(x: Tensor, axis=None, keepdims=None, *, dim=None, keepdim=None):  # noqa: A001
     """Minimum over ``axis``, computed directly (``-max(-x)`` would wrap for unsigned and extreme
     integers and fail for booleans); the gradient is shared evenly among tied minima (``torch.amin``).
+    With ``dim=``, PyTorch's ``(values, indices)``, as :func:`max`.
 
     Raises:
-        ValueError: for an empty tensor or axis.
+        ValueError: when a reduced axis is empty.
     """
-    return _extreme("min", x, axis, keepdims)
+    return _extreme_or_pair("min", x, axis, keepdims, dim, keepdim)
 
 
 @tensor_input
@@ -153,9 +175,18 @@ def var(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Te
 @torch_names
 def std(x: Tensor, axis=None, keepdims: bool = False, correction: int = 0) -> Tensor:
     """Standard deviation ``sqrt(var(x, axis, correction))`` (``correction`` as in :func:`var`: 0 here by
-    default, as NumPy; pass 1 for PyTorch's default). Its gradient is infinite or NaN where the
-    deviation is 0 (the square root's derivative at 0), as in PyTorch."""
-    return ops.sqrt(var(x, axis, keepdims, correction))
+    default, as NumPy; pass 1 for PyTorch's default). d/dvar = 1 / (2 std), and 0 where the deviation is
+    0 (a constant slice, where the square root's derivative is infinite but every ``x - mean`` is 0):
+    PyTorch's choice, so a constant input has a zero gradient, not NaN."""
+    v = var(x, axis, keepdims, correction)
+    xp = backend.xp
+    out = xp.sqrt(v.data)
+
+    def backward(g):
+        safe = xp.where(out == 0, 1, out)
+        return (xp.where(out == 0, 0, g / (2 * safe)),)
+
+    return Tensor.from_op(out, (v,), backward, "std")
 
 
 def _to_last(data, axes):
@@ -231,8 +262,8 @@ def cumsum(x: Tensor, dim: int) -> Tensor:
 
 def _index_of_extreme(op: str, x: Tensor, axis, keepdims: bool) -> Tensor:
     """``argmax`` or ``argmin`` (``op``): the int64 index of the first extreme, flat when ``axis`` is None."""
-    if x.size == 0:
-        raise ValueError(f"{op}: cannot reduce an empty tensor of shape {x.shape}")
+    if x.size == 0 and (axis is None or x.ndim == 0 or x.shape[one_axis(op, axis, x.ndim)] == 0):
+        raise ValueError(f"{op}: cannot reduce over an empty axis of shape {x.shape} (axis {axis})")
     fn = getattr(backend.xp, op)
     if axis is None:
         out = backend.xp.asarray(fn(x.data.reshape(-1)), dtype="int64")

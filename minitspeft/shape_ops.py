@@ -15,7 +15,7 @@ import itertools
 
 from . import backend
 from .checks import is_int, one_axis
-from .extend import as_tensor, binary_op, tensor_input, unbroadcast
+from .extend import as_tensor, binary_op, tensor_input, torch_names, unbroadcast
 from .tensor import Tensor, attach_methods
 
 __all__ = ["reshape", "transpose", "swapaxes", "broadcast_to", "unsqueeze", "squeeze", "flatten", "expand", "flip",
@@ -232,6 +232,7 @@ def getitem(x: Tensor, index) -> Tensor:
     return Tensor.from_op(out, (x,), backward, "getitem")
 
 
+@torch_names
 def concat(tensors, axis: int = 0) -> Tensor:
     """Join tensors along an existing axis; the gradient is split back into pieces.
 
@@ -252,6 +253,7 @@ def concat(tensors, axis: int = 0) -> Tensor:
     return Tensor.from_op(out, tensors, backward, "concat")
 
 
+@torch_names
 def stack(tensors, axis: int = 0) -> Tensor:
     """Stack same-shaped tensors along a new axis.
 

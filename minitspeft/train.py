@@ -29,7 +29,7 @@ from .nn.module import Module
 from .optim import AdamW, clip_grad_norm, set_lr_factor, warmup_cosine
 from .peft.base import ModulesToSaveWrapper, PeftLayer
 from .peft.model import PeftModel
-from .tensor import no_grad
+from .tensor import Tensor, no_grad
 
 
 @dataclass
@@ -198,6 +198,15 @@ def build_optimizer(model: Module, lr: float, weight_decay: float = 0.0) -> Adam
     return AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
 
 
+def model_input(model: Module, xb):
+    """A batch as the model takes it: floating host arrays become Tensors of the model's dtype (so plain
+    layers such as ``nn.Linear`` or ``nn.Sequential`` train too); integer ids and Tensors pass as they are."""
+    if isinstance(xb, Tensor) or getattr(xb, "dtype", None) is None or xb.dtype.kind != "f":
+        return xb
+    dtype = next((p.dtype for p in model.parameters()), None)
+    return Tensor(backend.asarray(xb), dtype=dtype)
+
+
 def train_step(model: Module, opt, xb, yb, regularise: bool = False, max_grad_norm: float | None = None) -> dict:
     """One optimiser step on a batch; return ``{"loss": cross-entropy, "acc": batch accuracy}``.
 
@@ -208,7 +217,7 @@ def train_step(model: Module, opt, xb, yb, regularise: bool = False, max_grad_no
     Raises:
         FloatingPointError: if the loss is NaN or infinite (nothing is updated then).
     """
-    logits = model(xb)
+    logits = model(model_input(model, xb))
     ce = F.cross_entropy(logits, yb)
     loss = (ce + model.sparsity_loss()) if regularise else ce
     value = float(loss.data)
@@ -258,7 +267,7 @@ def predict(model: Module, x, batch_size: int = 256, blas_threads: int | None = 
     """
     check_int("predict", "batch_size", batch_size)
     with model.eval_mode(), backend.blas_threads(blas_threads):
-        preds = [backend.to_numpy(model(x[i:i + batch_size]).data.argmax(axis=-1))
+        preds = [backend.to_numpy(model(model_input(model, x[i:i + batch_size])).data.argmax(axis=-1))
                  for i in range(0, len(x), batch_size)]
     return np.concatenate(preds).astype(np.int64) if preds else np.zeros((0,), dtype=np.int64)
 

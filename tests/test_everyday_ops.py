@@ -255,3 +255,59 @@ def test_bad_arguments_raise_naming_the_op(call, error, words):
     x = mt.Tensor(np.zeros((2, 3)), requires_grad=True)
     with pytest.raises(error, match=words):
         call(x)
+
+
+def test_max_and_min_with_dim_give_pytorchs_values_and_indices():
+    x = mt.Tensor(np.array([[1.0, 5.0], [7.0, 2.0]]), requires_grad=True)
+    values, indices = x.max(dim=1)
+    assert values.tolist() == [5.0, 7.0] and indices.tolist() == [1, 0]
+    assert x.min(dim=0).indices.tolist() == [0, 1] and x.max(dim=1, keepdim=True).values.shape == (2, 1)
+    assert x.max(1).tolist() == [5.0, 7.0]  # NumPy's axis (positional or axis=): the values alone
+    x.max(dim=0).values.sum().backward()
+    np.testing.assert_array_equal(x.grad, [[0.0, 1.0], [1.0, 0.0]])
+
+
+def test_reducing_a_non_empty_axis_of_an_empty_tensor_gives_an_empty_result():
+    e = mt.zeros(0, 3)
+    assert e.max(1).shape == (0,) and e.argmin(1).shape == (0,) and e.sum(1).shape == (0,)
+    with pytest.raises(ValueError, match="empty axis"):
+        e.max(0)
+
+
+def test_std_of_a_constant_has_zero_gradient_as_in_pytorch():
+    x = mt.Tensor(np.ones((2, 3)), requires_grad=True)
+    x.std(dim=1, correction=1).sum().backward()
+    np.testing.assert_array_equal(x.grad, np.zeros((2, 3)))
+
+
+def test_masks_combine_with_and_or_xor_not():
+    x = mt.arange(6)
+    assert ((x > 1) & (x < 4)).tolist() == [False, False, True, True, False, False]
+    assert ((x < 1) | (x > 4)).tolist() == [True, False, False, False, False, True]
+    assert (~(x > 2)).tolist() == [True, True, True, False, False, False]
+    assert ((x > 1) ^ (x > 3)).tolist() == [False, False, True, True, False, False]
+    with pytest.raises(TypeError, match="logical_and"):
+        mt.ones(2) & mt.ones(2)
+
+
+def test_torch_keywords_on_joins_pad_and_to():
+    a = mt.ones(2, 1)
+    assert mt.cat([a, a], dim=1).shape == (2, 2) and mt.stack([a, a], dim=0).shape == (2, 2, 1)
+    assert F.pad(mt.ones(2), (1, 0), mode="constant", value=3.0).tolist() == [3.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="mode"):
+        F.pad(a, (1, 1), mode="reflect")
+    assert a.to("cpu") is a
+    with pytest.raises(RuntimeError, match="minitspeft\\[gpu\\]"):
+        a.to("cuda")
+
+
+def test_fit_trains_a_plain_sequential_on_float_arrays():
+    from minitspeft import nn
+    from minitspeft.train import fit, predict
+
+    mt.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    x = np.random.default_rng(0).normal(size=(64, 4))
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
+    fit(model, x, y, steps=60, batch_size=16, lr=3e-2, progress=False)
+    assert (predict(model, x) == y).mean() > 0.8  # chance is about 0.4
