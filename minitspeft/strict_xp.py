@@ -190,6 +190,12 @@ class StrictArray:
         _transfer("complex()")
         return complex(self._a)
 
+    def __format__(self, spec):
+        if not spec:
+            return repr(self)
+        _transfer("format()")
+        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+
     def __len__(self):
         return len(self._a)
 
