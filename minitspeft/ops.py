@@ -133,12 +133,17 @@ def tanh(x: Tensor) -> Tensor:
     return unary_op("tanh", x, out, lambda: 1 - out * out)
 
 
+def sigmoid_array(data):
+    """``1 / (1 + exp(-x))`` of a backend array, without overflow at any ``x`` (``exp`` of ``-|x|`` only)."""
+    xp = backend.xp
+    e = xp.exp(-xp.abs(data))
+    return xp.where(data >= 0, 1 / (1 + e), e / (1 + e))
+
+
 @tensor_input
 def sigmoid(x: Tensor) -> Tensor:
-    """Logistic sigmoid, computed without overflow. d/dx = s (1 - s)."""
-    xp = backend.xp
-    e = xp.exp(-xp.abs(x.data))
-    out = xp.where(x.data >= 0, 1 / (1 + e), e / (1 + e))
+    """Logistic sigmoid, computed without overflow (:func:`sigmoid_array`). d/dx = s (1 - s)."""
+    out = sigmoid_array(x.data)
     return unary_op("sigmoid", x, out, lambda: out * (1 - out))
 
 

@@ -13,6 +13,7 @@ import math
 from .. import backend
 from ..checks import is_int
 from ..extend import tensor_input, torch_names
+from ..ops import sigmoid_array
 from ..tensor import Tensor
 
 __all__ = ["softmax", "log_softmax", "gelu", "softplus", "silu", "leaky_relu"]
@@ -148,13 +149,6 @@ def gelu(x: Tensor) -> Tensor:
     return Tensor.from_op(out, (x,), backward, "gelu")
 
 
-def _sigmoid_array(data):
-    """``1 / (1 + exp(-x))`` without overflow at any ``x`` (an array)."""
-    xp = backend.xp
-    e = xp.exp(-xp.abs(data))
-    return xp.where(data >= 0, 1 / (1 + e), e / (1 + e))
-
-
 @tensor_input
 def softplus(x: Tensor, beta: float = 1.0) -> Tensor:
     """``log(1 + exp(beta x)) / beta`` (``torch.nn.functional.softplus``), computed as
@@ -171,14 +165,14 @@ def softplus(x: Tensor, beta: float = 1.0) -> Tensor:
     out = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
     if beta != 1:
         out = out / beta
-    return Tensor.from_op(out.astype(z.dtype, copy=False), (x,), lambda g: (g * _sigmoid_array(z),), "softplus")
+    return Tensor.from_op(out.astype(z.dtype, copy=False), (x,), lambda g: (g * sigmoid_array(z),), "softplus")
 
 
 @tensor_input
 def silu(x: Tensor) -> Tensor:
     """SiLU (swish), ``x sigmoid(x)`` (Elfwing et al. 2018; ``torch.nn.functional.silu``).
     d/dx = s (1 + x (1 - s)) with ``s = sigmoid(x)`` (derived by the product rule)."""
-    s = _sigmoid_array(_floating(x.data))
+    s = sigmoid_array(_floating(x.data))
     return Tensor.from_op(x.data * s, (x,), lambda g: (g * s * (1 + x.data * (1 - s)),), "silu")
 
 

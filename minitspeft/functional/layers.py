@@ -151,6 +151,20 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     return Tensor.from_op(x.data * mask, (x,), lambda g: (g * mask,), "dropout")
 
 
+def _integer_ids(op: str, ids):
+    """``ids`` (an array or Tensor) as a backend integer array. Raises ValueError naming ``op`` otherwise."""
+    idx = ids.data if isinstance(ids, Tensor) else backend.xp.asarray(ids)
+    if idx.dtype.kind not in "iu":
+        raise ValueError(f"{op}: ids must be integers, got dtype {idx.dtype}")
+    return idx
+
+
+def _check_id_range(op: str, idx, n: int) -> None:
+    """Raise ValueError naming ``op`` for an id outside ``[0, n)`` (NumPy would wrap a negative one)."""
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise ValueError(f"{op}: ids must be in [0, {n}), got min {int(idx.min())} and max {int(idx.max())}")
+
+
 def embedding(ids, weight: Tensor) -> Tensor:
     """Look up rows of ``weight`` ``(num_embeddings, dim)`` for integer ``ids`` of any shape.
 
@@ -164,14 +178,8 @@ def embedding(ids, weight: Tensor) -> Tensor:
     require_tensor("embedding", "weight", weight)
     if weight.ndim != 2:
         raise ValueError(f"embedding: weight must be (num_embeddings, dim), got shape {weight.shape}")
-    idx = ids.data if isinstance(ids, Tensor) else xp.asarray(ids)
-    if idx.dtype.kind not in "iu":
-        raise ValueError(f"embedding: ids must be integers, got dtype {idx.dtype}")
-    n = weight.shape[0]
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ValueError(
-            f"embedding: ids must be in [0, {n}), got min {int(idx.min())} and max {int(idx.max())}"
-        )
+    idx = _integer_ids("embedding", ids)
+    _check_id_range("embedding", idx, weight.shape[0])
 
     def backward(g):
         full = xp.zeros(weight.shape, dtype=g.dtype)
@@ -189,17 +197,12 @@ def one_hot(ids, num_classes: int = -1) -> Tensor:
         ValueError: for non-integer ids, a negative id, an id ``>= num_classes``, or ``num_classes=-1``
             with no ids.
     """
-    xp = backend.xp
-    idx = ids.data if isinstance(ids, Tensor) else xp.asarray(ids)
-    if idx.dtype.kind not in "iu":
-        raise ValueError(f"one_hot: ids must be integers, got dtype {idx.dtype}")
+    idx = _integer_ids("one_hot", ids)
     if not is_int(num_classes) or num_classes < -1:
         raise ValueError(f"one_hot: num_classes must be -1 or a non-negative integer, got {num_classes!r}")
     if num_classes == -1:
         if idx.size == 0:
             raise ValueError("one_hot: cannot infer num_classes from no ids; pass num_classes")
         num_classes = int(idx.max()) + 1
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
-        raise ValueError(f"one_hot: ids must be in [0, {num_classes}), got min {int(idx.min())} and max "
-                         f"{int(idx.max())}")
-    return Tensor((idx[..., None] == xp.arange(int(num_classes))).astype("int64"))
+    _check_id_range("one_hot", idx, num_classes)
+    return Tensor((idx[..., None] == backend.xp.arange(int(num_classes))).astype("int64"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .. import backend
 from ..checks import is_int
 from ..extend import tensor_input
+from ..ops import sigmoid_array
 from ..tensor import Tensor
 from .activations import log_softmax_array
 
@@ -169,9 +170,7 @@ def binary_cross_entropy_with_logits(logits: Tensor, targets, reduction: str = "
     out, scale = _reduce("binary_cross_entropy_with_logits", losses, reduction)
 
     def backward(g):
-        e = xp.exp(-xp.abs(z))
-        s = xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
-        return ((s - y) * (g * scale),)
+        return ((sigmoid_array(z) - y) * (g * scale),)
 
     return Tensor.from_op(out, (logits,), backward, "binary_cross_entropy_with_logits")
 
