@@ -95,7 +95,7 @@ class Tensor:
                             f"from {type(data).__name__}")
         self._data = arr
         self._version = 0  # counts assignments to .data (backward() refuses inputs changed after use)
-        self.grad = None
+        self._grad = None
         self.op = ""
         self._parents: tuple = ()
         self._backward = None
@@ -138,7 +138,7 @@ class Tensor:
         out = cls.__new__(cls)
         out._data = data
         out._version = 0
-        out.grad = None
+        out._grad = None
         out.op = name
         out._retain = False
         needs = is_grad_enabled() and any(p.requires_grad for p in parents)
@@ -160,6 +160,35 @@ class Tensor:
             value = backend.asarray(value)
         self._data = value
         self._version += 1
+
+    @property
+    def grad(self):
+        """The accumulated gradient: a backend array of this tensor's shape and dtype, or ``None``.
+
+        Assigning is checked as PyTorch checks it: ``None``, a backend array, host data (a NumPy array
+        or a list, moved to the backend as ``.data`` is) or a Tensor (its data) of this tensor's shape
+        and dtype.
+
+        Raises:
+            ValueError: on assignment of a gradient of another shape.
+            TypeError: on assignment of a gradient of another dtype, or of something that is not numbers.
+        """
+        return self._grad
+
+    @grad.setter
+    def grad(self, value) -> None:
+        if value is not None:
+            if isinstance(value, Tensor):
+                value = value.data
+            elif not isinstance(value, backend.xp.ndarray):
+                value = backend.asarray(value)
+            if tuple(value.shape) != tuple(self._data.shape):
+                raise ValueError(f"grad: a tensor of shape {tuple(self._data.shape)} was assigned a gradient of "
+                                 f"shape {tuple(value.shape)}")
+            if value.dtype != self._data.dtype:
+                raise TypeError(f"grad: a {self._data.dtype} tensor was assigned a {value.dtype} gradient; "
+                                f"cast it first (.astype({self._data.dtype}))")
+        self._grad = value
 
     @property
     def is_leaf(self) -> bool:

@@ -50,14 +50,16 @@ def _stale_graph():
 
 
 def _shape_mismatch_step():
-    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(2))
+    a, b = nn.Parameter(np.ones(2)), nn.Parameter(np.ones(3))
     a.grad, b.grad = np.ones(2), np.ones(3)
+    b.data = np.ones(2)  # the parameter changed shape after its gradient was set
     AdamW([a, b]).step()
 
 
 def _wrong_grad_shape():
-    a = mt.Tensor(np.ones(2), requires_grad=True)
+    a = mt.Tensor(np.ones(3), requires_grad=True)
     a.grad = np.ones(3)
+    a.data = np.ones(2)  # the tensor changed shape after its gradient was set
     (a * 2).sum().backward()
 
 
@@ -127,8 +129,13 @@ CASES = {
                                       ValueError, "matches no layer"),
     "dropout p = 1": (lambda t: nn.Dropout(1.0), ValueError, r"Dropout: p must be in \[0, 1\)"),
     "a Linear of width 0": (lambda t: nn.Linear(0, 2), ValueError, "Linear: in_features must be"),
-    "a gradient of the wrong shape in a step": (lambda t: _shape_mismatch_step(), ValueError,
+    "a gradient left from before a reshape, in a step": (lambda t: _shape_mismatch_step(), ValueError,
                                                 r"parameter 1 has shape \(2,\) but its gradient \(3,\)"),
+    "a gradient of another shape assigned": (lambda t: setattr(_param(), "grad", np.ones(5)), ValueError,
+                                             r"grad: a tensor of shape \(2,\) was assigned a gradient of shape \(5,\)"),
+    "a gradient of another dtype assigned": (lambda t: setattr(nn.Parameter(np.ones(2, np.float32)), "grad",
+                                                               np.ones(2)), TypeError,
+                                             "grad: a float32 tensor was assigned a float64 gradient"),
     "an unknown optimiser group setting": (lambda t: AdamW([{"params": [_param()], "lrr": 1.0}]), ValueError,
                                            r"unknown settings \['lrr'\]"),
     "a model where its parameters belong": (lambda t: AdamW(nn.Linear(2, 2)), TypeError,
@@ -141,7 +148,7 @@ CASES = {
                                         "backward must be callable"),
     "a backward rule that returns None": (lambda t: _rule_returning_none(), RuntimeError,
                                           "backward of 'double': the rule must return a tuple"),
-    "a hand-set .grad of the wrong shape": (lambda t: _wrong_grad_shape(), RuntimeError, r"\.grad of shape \(3,\)"),
+    "a .grad left from before a reshape": (lambda t: _wrong_grad_shape(), RuntimeError, r"\.grad of shape \(3,\)"),
     "a negative gate temperature": (lambda t: _gate(temperature=-1.0), ValueError,
                                     "gated_update: temperature must be > 0"),
     "a NaN threshold": (lambda t: _gate(tau=nn.Parameter(np.array(np.nan))), ValueError, "tau is nan"),
