@@ -68,6 +68,17 @@ def get_backend() -> str:
     return _name
 
 
+def get_default_device() -> str:
+    """PyTorch's name for where tensor data lives now: ``"cpu"`` on the NumPy backend, ``"cuda"`` on CuPy
+    and on the strict stand-in (which plays CuPy's part, so code written for a GPU runs on it unchanged).
+
+    As ``torch.get_default_device``, but a string: ``model.to(mt.get_default_device())`` is a no-op on
+    every backend, while ``to("cuda")`` on NumPy and ``to("cpu")`` on a device are refused (arrays are
+    never moved after a model is built).
+    """
+    return "cpu" if _name == "numpy" else "cuda"
+
+
 def to_numpy(array) -> numpy.ndarray:
     """Return ``array`` (a NumPy, CuPy or strict array, or a scalar) as a NumPy array on the host."""
     if hasattr(array, "get"):  # a CuPy (or strict) array: the explicit copy
@@ -78,6 +89,12 @@ def to_numpy(array) -> numpy.ndarray:
 def is_host_array(array) -> bool:
     """Whether ``array`` is a NumPy array (on the host), rather than a CuPy or strict device array."""
     return isinstance(array, numpy.ndarray)
+
+
+def array_module(array):
+    """The array library that holds ``array``: NumPy for host arrays (and scalars), else the active one
+    (CuPy's ``cupy.get_array_module`` idiom), so array-level helpers compute where their input lives."""
+    return numpy if isinstance(array, (numpy.ndarray, numpy.generic, float, int)) else xp
 
 
 def asarray(data, dtype=None):
@@ -125,8 +142,8 @@ def blocks(n: int, itemsize: int, block_bytes: int = 256 * 1024) -> list:
 def quiet_overflow():
     """A context manager that silences the array library's overflow, underflow-to-zero-division and invalid
     warnings, for code that detects such values itself and recomputes them (NumPy warns; CuPy never does)."""
-    return numpy.errstate(over="ignore", invalid="ignore", divide="ignore") if xp is numpy \
-        else contextlib.nullcontext()
+    return contextlib.nullcontext() if _name == "cupy" \
+        else numpy.errstate(over="ignore", invalid="ignore", divide="ignore")  # strict runs NumPy underneath
 
 
 def blas_threads(n: int | None = 1):

@@ -58,9 +58,10 @@ def roc_auc(positive, negative) -> float:
     Computed from average ranks (the Mann-Whitney U statistic). NaN when either set is empty.
 
     Args:
-        positive, negative: 1-D arrays of scores.
+        positive, negative: 1-D arrays of scores (lists, NumPy or backend arrays).
     """
-    pos, neg = np.asarray(positive, dtype=np.float64).ravel(), np.asarray(negative, dtype=np.float64).ravel()
+    pos = backend.to_numpy(positive).astype(np.float64).ravel()  # device scores: one explicit copy each
+    neg = backend.to_numpy(negative).astype(np.float64).ravel()
     if not len(pos) or not len(neg):
         return float("nan")
     values = np.concatenate([pos, neg])
@@ -116,7 +117,7 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
         seen = np.concatenate(next(iter(S_all.values()))).shape
         if np.shape(mask) != seen:
             raise ValueError(f"gate_selectivity: mask has shape {np.shape(mask)}, the gates saw {seen}")
-        salient = np.asarray(mask, dtype=bool).copy()
+        salient = backend.to_numpy(mask).astype(bool)  # a new host array (the mask may be on the device)
         other = ~salient
         salient[:, 0] = other[:, 0] = False  # position 0 (CLS) counts as neither
     layers = {}

@@ -130,7 +130,7 @@ class StrictArray:
     __array_priority__ = 10000  # ndarray + device array defers to our operators
 
     def __init__(self, a):
-        self._a = a
+        self._a = a if type(a) is numpy.ndarray else numpy.asarray(a)  # NumPy scalars as 0-d arrays
 
     shape = property(lambda self: self._a.shape)
     dtype = property(lambda self: self._a.dtype)
@@ -239,7 +239,7 @@ for _n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "
 for _n in ("eq", "ne", "lt", "le", "gt", "ge"):
     setattr(StrictArray, f"__{_n}__", _binary(f"__{_n}__"))
 for _n in ("neg", "pos", "abs", "invert"):
-    setattr(StrictArray, f"__{_n}__", (lambda name: lambda self: StrictArray(getattr(self._a, name)()))(f"__{_n}__"))
+    setattr(StrictArray, f"__{_n}__", (lambda name: lambda self: _wrap(getattr(self._a, name)()))(f"__{_n}__"))
 
 
 class _Namespace:

@@ -217,6 +217,7 @@ def train_step(model: Module, opt, xb, yb, regularise: bool = False, max_grad_no
     Raises:
         FloatingPointError: if the loss is NaN or infinite (nothing is updated then).
     """
+    yb = backend.asarray(yb.data if isinstance(yb, Tensor) else yb)  # host labels: moved once, explicitly
     logits = model(model_input(model, xb))
     ce = F.cross_entropy(logits, yb)
     loss = (ce + model.sparsity_loss()) if regularise else ce

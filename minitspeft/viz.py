@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import backend
+
 SHADES = " .:-=+*#%@"
 
 
@@ -43,10 +45,10 @@ def heatmap(grid, title: str = "") -> str:
     """A 2-D array of values in ``[0, 1]`` as rows of numbers, each followed by its shade.
 
     Args:
-        grid: array-like ``(rows, cols)``.
+        grid: array-like ``(rows, cols)`` (a backend array is copied to the host).
         title: printed above the grid.
     """
-    grid = np.asarray(grid, dtype=float)
+    grid = backend.to_numpy(grid).astype(float)
     if grid.ndim != 2:
         raise ValueError(f"heatmap: expected a 2-D grid, got shape {grid.shape}")
     lines = [title] if title else []
@@ -90,7 +92,7 @@ def plot_heatmaps(path: str, grids: list, titles: list, row_labels=None, col_lab
     fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids) + wide, 3.2 + 0.15 * len(row_labels or ())),
                              squeeze=False)
     for i, (ax, grid, title) in enumerate(zip(axes[0], grids, titles, strict=True)):
-        im = ax.imshow(np.asarray(grid, dtype=float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        im = ax.imshow(backend.to_numpy(grid).astype(float), vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_title(title, fontsize=9)
         ax.set_xticks(range(len(col_labels)), col_labels, fontsize=7) if col_labels is not None else ax.set_xticks([])
         if row_labels is not None and i == 0:

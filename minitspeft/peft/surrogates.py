@@ -35,16 +35,17 @@ def surrogate_grad(z, surrogate: str, temperature: float):
     """``phi'(z)``, the straight-through stand-in for the step's derivative at ``z = score - tau``.
 
     Args:
-        z: backend float array (any shape); temperature: ``T > 0`` in units of ``z``.
+        z: float array (any shape), on the backend or on the host (a NumPy array); temperature: ``T > 0``
+            in units of ``z``.
 
     Returns:
-        An array of ``z``'s shape and dtype.
+        An array of ``z``'s shape and dtype, where ``z`` is (:func:`~minitspeft.backend.array_module`).
 
     Raises:
         ValueError: for an unknown surrogate or a temperature that is not a finite number > 0.
     """
     _check("surrogate_grad", surrogate, temperature)
-    xp = backend.xp
+    xp = backend.array_module(z)
     T = z.dtype.type(temperature)
     if surrogate == "sigmoid":
         e = xp.exp(-xp.abs(z / T))  # sigma'(u) = e^-|u| / (1 + e^-|u|)^2, stable for any u
