@@ -8,7 +8,7 @@ decides per token whether the update is applied. Start with
 import importlib
 
 from . import memory
-from .backend import get_backend, manual_seed, set_backend, to_numpy
+from .backend import get_backend, get_default_device, manual_seed, set_backend, to_numpy
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from . import comparisons, conversions, indexing, ops, reductions  # noqa: F401 - they attach Tensor's methods
 from .comparisons import equal, isfinite, isnan
@@ -45,5 +45,5 @@ __all__ = [
     "all", "any", "argmax", "argmin", "cumsum", "logsumexp", "mean", "prod", "std", "sum", "var",
     "flatten", "flip", "squeeze", "unsqueeze", "chunk", "gather", "masked_fill", "split", "tril", "triu",
     "equal", "isfinite", "isnan",
-    "set_backend", "get_backend", "to_numpy", "manual_seed",
+    "set_backend", "get_backend", "get_default_device", "to_numpy", "manual_seed",
 ]

@@ -263,14 +263,15 @@ def clone(x: Tensor) -> Tensor:
 @tensor_input
 def to_dtype(x: Tensor, dtype) -> Tensor:
     """``x`` cast to ``dtype``; the gradient is cast back to ``x``'s dtype (as ``torch.Tensor.to(dtype)``).
-    A device name instead: ``"cpu"`` is :meth:`Tensor.cpu`, ``"cuda"`` the tensor itself on CuPy.
+    A device name instead: ``"cpu"`` is :meth:`Tensor.cpu`, ``"cuda"`` the tensor itself on CuPy (and on
+    the strict stand-in; see :func:`~minitspeft.backend.get_default_device`).
 
     Raises:
-        RuntimeError: for ``"cuda"`` when the backend is not CuPy.
+        RuntimeError: for ``"cuda"`` on the NumPy backend.
         TypeError: for a dtype that is not floating while ``x`` requires gradients.
     """
     if isinstance(dtype, str) and dtype.partition(":")[0] in ("cpu", "cuda"):  # PyTorch's device names
-        if dtype.startswith("cuda") and backend.get_backend() != "cupy":
+        if dtype.startswith("cuda") and backend.get_default_device() != "cuda":
             raise RuntimeError(f"to({dtype!r}): the active backend is {backend.get_backend()}, not CuPy; "
                                'pip install "minitspeft[gpu]" and call mt.set_backend("cupy") before making tensors')
         if dtype.startswith("cpu"):

@@ -220,7 +220,6 @@ def test_size_is_the_count_and_callable_as_in_pytorch():
     assert x.size == 24 == x.numel() and x.size() == (2, 3, 4) and x.size(1) == 3 and x.size(-1) == 4
     with pytest.raises(IndexError, match="size"):
         x.size(3)
-    assert x.cpu() is x
 
 
 def test_one_hot():
@@ -296,9 +295,21 @@ def test_torch_keywords_on_joins_pad_and_to():
     assert F.pad(mt.ones(2), (1, 0), mode="constant", value=3.0).tolist() == [3.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="mode"):
         F.pad(a, (1, 1), mode="reflect")
-    assert a.to("cpu") is a
-    with pytest.raises(RuntimeError, match="minitspeft\\[gpu\\]"):
-        a.to("cuda")
+
+
+def test_cpu_and_to_a_device_follow_the_backend():
+    """NumPy is PyTorch's "cpu": ``cpu()`` and ``to("cpu")`` are the tensor itself and ``"cuda"`` is refused.
+    On CuPy (and the strict stand-in) ``"cuda"`` is the tensor itself, and ``cpu()`` a detached host copy."""
+    a = mt.ones(2, 1, requires_grad=True)
+    assert a.to(mt.get_default_device()) is a
+    if mt.get_default_device() == "cpu":
+        assert a.cpu() is a and a.to("cpu") is a
+        with pytest.raises(RuntimeError, match="minitspeft\\[gpu\\]"):
+            a.to("cuda")
+    else:
+        host = a.to("cpu")
+        assert mt.backend.is_host_array(host.data) and host.tolist() == [[1.0], [1.0]]
+        assert not host.requires_grad and a.to("cuda") is a and a.to("cuda:0") is a
 
 
 def test_fit_trains_a_plain_sequential_on_float_arrays():

@@ -48,7 +48,7 @@ def test_adamw_state_matches_torchs_values_under_the_same_names():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
     ours = nn.Parameter(rng.normal(size=(3, 2)))
-    theirs = torch.nn.Parameter(torch.tensor(ours.data.copy()))
+    theirs = torch.nn.Parameter(torch.tensor(ours.numpy()))
     opt = AdamW([ours], lr=0.1, weight_decay=0.1)
     topt = torch.optim.AdamW([theirs], lr=0.1, weight_decay=0.1)
     for g in rng.normal(size=(3, 3, 2)):
@@ -242,7 +242,8 @@ def test_sequential_state_dict_loads_into_torchs_and_gives_the_same_output():
     torch = pytest.importorskip("torch")
     seq = _mlp()
     theirs = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).double()
-    theirs.load_state_dict({k: torch.tensor(v.astype(np.float64)) for k, v in seq.state_dict().items()}, strict=True)
+    theirs.load_state_dict({k: torch.tensor(mt.to_numpy(v).astype(np.float64)) for k, v in seq.state_dict().items()},
+                           strict=True)
     x = np.random.default_rng(1).normal(size=(5, 3))
     np.testing.assert_allclose(seq.double()(mt.Tensor(x)).data, theirs(torch.tensor(x)).detach().numpy(), rtol=1e-12)
 
@@ -348,24 +349,39 @@ def test_cross_entropy_loss_refuses_bad_settings_when_built():
 
 
 # ------------------------------------------------------------------ model.to(device), .cpu(), .cuda()
-def test_to_cpu_is_a_no_op_that_returns_the_module_and_dtype_casts_still_work():
+def test_to_its_own_device_is_a_no_op_that_returns_the_module_and_dtype_casts_still_work():
     seq = _mlp()
+    dev = mt.get_default_device()  # "cpu" on NumPy, "cuda" on CuPy and the strict stand-in
     before = seq.state_dict()
-    assert seq.to("cpu") is seq and seq.cpu() is seq and seq.to(device="cpu") is seq
+    own = seq.cpu if dev == "cpu" else seq.cuda
+    assert seq.to(dev) is seq and own() is seq and seq.to(device=dev) is seq
     for k, v in seq.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
         assert v.dtype == np.float32
-    assert seq.to("cpu", np.float64) is seq and all(p.dtype == np.float64 for p in seq.parameters())
+    assert seq.to(dev, np.float64) is seq and all(p.dtype == np.float64 for p in seq.parameters())
     seq.to(dtype="float32")
     assert all(p.dtype == np.float32 for p in seq.parameters())
 
 
+@pytest.mark.backends("numpy")
 def test_to_cuda_on_the_numpy_backend_says_how_to_get_a_gpu_and_changes_nothing():
-    assert mt.get_backend() == "numpy"
     seq = _mlp()
     for call in (lambda: seq.to("cuda", "float64"), seq.cuda, lambda: seq.to("cuda:0")):
         with pytest.raises(RuntimeError, match=r'pip install "minitspeft\[gpu\]".*mt.set_backend\("cupy"\)'):
             call()
+    assert all(p.dtype == np.float32 for p in seq.parameters())  # the dtype was not cast before the refusal
+
+
+@pytest.mark.backends("strict", "cupy")
+def test_to_cpu_on_a_device_backend_is_refused_and_changes_nothing():
+    seq = _mlp()
+    calls = [lambda: seq.to("cpu", "float64"), seq.cpu]
+    for call in calls:
+        with pytest.raises(RuntimeError, match=r"device arrays .*build the model again after mt.set_backend"):
+            call()
+    if mt.get_backend() == "strict":
+        with pytest.raises(RuntimeError, match="the strict stand-in has one device"):
+            seq.to("cuda:1", "float64")
     assert all(p.dtype == np.float32 for p in seq.parameters())  # the dtype was not cast before the refusal
 
 

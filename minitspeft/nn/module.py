@@ -60,16 +60,18 @@ def _check_device(module: "Module", device) -> None:
     on_host = all(backend.is_host_array(p.data) for p in params)
     moving = "moving a built model between NumPy and CuPy is not implemented"
     if kind == "cpu" and not on_host:
-        raise RuntimeError(f"Module.to({name!r}): the parameters are CuPy arrays on the GPU and {moving}; build the "
-                           "model again after mt.set_backend(\"numpy\")")
-    if kind == "cuda" and backend.get_backend() != "cupy":
+        raise RuntimeError(f"Module.to({name!r}): the parameters are device arrays ({backend.get_backend()} backend) "
+                           f"and {moving}; build the model again after mt.set_backend(\"numpy\")")
+    if kind == "cuda" and backend.get_default_device() != "cuda":
         raise RuntimeError(f"Module.to({name!r}): the active backend is NumPy (the CPU); to run on a GPU, "
                            "pip install \"minitspeft[gpu]\", call mt.set_backend(\"cupy\") (or set "
                            f"MINITSPEFT_BACKEND=cupy) and build the model after it; {moving}")
     if kind == "cuda" and any(backend.is_host_array(p.data) for p in params):
         raise RuntimeError(f"Module.to({name!r}): the parameters are NumPy arrays (built before "
                            f"mt.set_backend(\"cupy\")) and {moving}; build the model again")
-    if kind == "cuda" and index and any(int(p.data.device.id) != int(index) for p in params):
+    if kind == "cuda" and index not in ("", "0") and backend.get_backend() == "strict":
+        raise RuntimeError(f"Module.to({name!r}): the strict stand-in has one device, 'cuda' (or 'cuda:0')")
+    if kind == "cuda" and index and backend.get_backend() == "cupy" and any(int(p.data.device.id) != int(index) for p in params):
         raise RuntimeError(f"Module.to({name!r}): the parameters are on another GPU, and moving them between GPUs "
                            "is not implemented; choose the GPU (cupy.cuda.Device) before building the model")
 
