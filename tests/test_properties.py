@@ -690,7 +690,7 @@ PINNED = {
     "linear_3d": (F.linear, lambda x, w, b: anp.matmul(x, w.T) + b,
                   [_normal((2, 3, 4), 40), _normal((5, 4), 41), _normal((5,), 42)]),
     "dropout_half_seeded": (lambda t: _seeded_dropout(t, 0.5, 3),
-                            lambda a: a * _seeded_dropout(Tensor(np.ones((3, 4))), 0.5, 3).data,
+                            lambda a: a * _seeded_dropout(Tensor(np.ones((3, 4))), 0.5, 3).numpy(),
                             [_normal((3, 4), 45)]),
     "embedding_2d_ids_with_repeats": (lambda w: F.embedding(np.array([[0, 2, 0], [1, 2, 2]]), w),
                                       lambda w: w[np.array([[0, 2, 0], [1, 2, 2]])], [_normal((4, 3), 46)]),
