@@ -68,6 +68,48 @@ def get_backend() -> str:
     return _name
 
 
+def backend_of(array) -> str | None:
+    """The name of the backend whose array ``array`` is (``"numpy"``, ``"cupy"`` or ``"strict"``), or None
+    for anything else (a list, a scalar)."""
+    if isinstance(array, numpy.ndarray):
+        return "numpy"
+    module = type(array).__module__
+    if module.startswith("cupy"):
+        return "cupy"
+    return "strict" if module == "minitspeft.strict_xp" else None
+
+
+@contextlib.contextmanager
+def using(name: str | None):
+    """Inside the block the backend is ``name`` (None: leave it); the previous one is restored after.
+
+    Raises:
+        ValueError, ImportError: as :func:`set_backend`, before anything changes.
+    """
+    before = _name
+    if name is not None:
+        set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(before)
+
+
+def synchronize() -> None:
+    """Wait until the device has finished the work queued so far (CuPy runs kernels asynchronously, so a
+    timer must stop after this); a no-op on NumPy and the strict stand-in, which compute at once."""
+    if _name == "cupy":  # pragma: no cover - needs a GPU
+        xp.cuda.get_current_stream().synchronize()
+
+
+def device_memory_bytes() -> int | None:
+    """Bytes CuPy's default memory pool holds on the GPU now (its high-water mark, as the pool keeps
+    what it got), or None on a host backend."""
+    if _name != "cupy":
+        return None
+    return int(xp.get_default_memory_pool().total_bytes())  # pragma: no cover - needs a GPU
+
+
 def get_default_device() -> str:
     """PyTorch's name for where tensor data lives now: ``"cpu"`` on the NumPy backend, ``"cuda"`` on CuPy
     and on the strict stand-in (which plays CuPy's part, so code written for a GPU runs on it unchanged).

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
+from .backend import using as _using_backend
 from . import functional as F
 from .checkpoint import CHECKPOINT, load_checkpoint, run_fingerprint, save_checkpoint
 from .checks import check_int, check_number
@@ -64,11 +65,8 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
 def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.0,
         warmup_steps: int = 0, seed: int = 0, desc: str = "train", progress: bool = True,
         max_grad_norm: float | None = None, checkpoint_dir: str | None = None, checkpoint_every: int = 0,
-        resume: bool = False, blas_threads: int | None = 1) -> FitResult:
+        resume: bool = False, blas_threads: int | None = 1, backend: str | None = None) -> FitResult:
     """Train with AdamW on cross-entropy (plus the gate regulariser for gated models).
-
-    (Over 60 lines only because of this docstring: the body is the loop over
-    the steps named in the module docstring, each step a call.)
 
     Args:
         model: a Module or :class:`PeftModel` mapping a batch of ``x`` to logits
@@ -87,6 +85,8 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             one; the resumed run ends bit-for-bit where the uninterrupted run ends.
         blas_threads: host BLAS threads during training (:func:`~minitspeft.backend.blas_threads`;
             fixed so that results do not depend on the machine's thread settings; None: leave them).
+        backend: the array backend to train on (``"numpy"``, ``"cupy"``, ``"strict"``; None: the active
+            one). The model must have been built on it; it is active during the run, restored after.
 
     Returns:
         A :class:`FitResult` (its history includes the steps before a resume).
@@ -99,14 +99,24 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
 
     Raises:
         ValueError: for mismatched ``x``/``y`` lengths, non-positive sizes, a model whose adapter is merged
-            (``merge_adapter()``) or disabled (inside ``disable_adapter()``), or a checkpoint from other
+            (``merge_adapter()``) or disabled (inside ``disable_adapter()``), a model whose parameters are
+            not arrays of the backend it trains on, an unknown backend, or a checkpoint from other
             settings; all before the first step, and nothing is changed then.
+        ImportError: for ``backend="cupy"`` where CuPy cannot be imported.
         FloatingPointError: naming the step at which the loss became NaN or infinite.
     """
     x, y = _checked_data(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, seed=seed, max_grad_norm=max_grad_norm,
                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-                         blas_threads=blas_threads)
+                         blas_threads=blas_threads, backend=backend)
+    with _using_backend(backend):
+        return _fit(model, x, y, steps, batch_size, lr, weight_decay, warmup_steps, seed, desc, progress,
+                    max_grad_norm, checkpoint_dir, checkpoint_every, resume, blas_threads)
+
+
+def _fit(model, x, y, steps, batch_size, lr, weight_decay, warmup_steps, seed, desc, progress, max_grad_norm,
+         checkpoint_dir, checkpoint_every, resume, blas_threads) -> FitResult:
+    """:func:`fit`'s loop, after its checks, on the backend it trains on."""
     # NumPy numbers are welcome; as Python numbers they keep the checkpoint's record JSON-able
     steps, batch_size, warmup_steps, seed, checkpoint_every = map(int, (steps, batch_size, warmup_steps, seed,
                                                                          checkpoint_every))
@@ -148,7 +158,7 @@ def _checked_data(model: Module, x, y, **settings) -> tuple:
     """``(x, y)`` as host arrays after every check of :func:`fit`'s arguments (see there)."""
     if not isinstance(model, Module):
         raise TypeError(f"fit: model must be a minitspeft Module, got {type(model).__name__}")
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = backend.to_numpy(x), backend.to_numpy(y)  # batches are cut on the host and moved one by one
     if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"fit: x {x.shape} and y {y.shape} must hold the same number (> 0) of examples")
     if y.dtype.kind not in "iu":
@@ -162,10 +172,23 @@ def _checked_data(model: Module, x, y, **settings) -> tuple:
     if settings["checkpoint_dir"] is None and (settings["resume"] or settings["checkpoint_every"]):
         raise ValueError("fit: resume=True and checkpoint_every need a checkpoint_dir")
     _check_adapters_active(model)
+    _check_backend(model, settings["backend"])
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
                          "from_pretrained is frozen unless is_trainable=True)")
     return x, y
+
+
+def _check_backend(model: Module, name) -> None:
+    """Refuse an unknown backend, or a model whose parameters are another backend's arrays (ValueError)."""
+    if name is not None and name not in backend.BACKENDS:
+        raise ValueError(f"fit: unknown backend {name!r}; expected one of {', '.join(backend.BACKENDS)}")
+    wanted = name or backend.get_backend()
+    found = sorted({str(backend.backend_of(p.data)) for p in model.parameters()} - {wanted})
+    if found:
+        raise ValueError(f"fit: the model's parameters are {', '.join(found)} arrays, but it would train on the "
+                         f"{wanted} backend; build the model after mt.set_backend({wanted!r}) (arrays are never "
+                         "moved between backends)")
 
 
 def _float_or_none(value):

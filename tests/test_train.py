@@ -327,6 +327,35 @@ def test_fit_refuses_settings_that_would_be_ignored_or_fail_later(kw, needle):
         fit(_model(), x, y, **{**KW, **kw})
 
 
+def test_fit_trains_on_the_backend_it_is_given_and_gives_the_active_one_back():
+    x, y = toy_images()
+    before = mt.get_backend()
+    with mt.backend.using("strict"):
+        model = _model(gated=True)
+    ref = _model(gated=True)  # the same model on the active backend
+    out = fit(model, x, y, **KW, backend="strict")
+    assert mt.get_backend() == before
+    assert all(mt.backend.backend_of(p.data) == "strict" for p in model.parameters())
+    expected = fit(ref, x, y, **KW).history
+    np.testing.assert_allclose([h["loss"] for h in out.history], [h["loss"] for h in expected], rtol=1e-5)
+
+
+def test_fit_refuses_a_backend_its_model_is_not_on_before_anything_changes():
+    x, y = toy_images()
+    model = _model()
+    other = "numpy" if mt.get_backend() != "numpy" else "strict"
+    weights = {k: mt.to_numpy(v) for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=f"parameters are {mt.get_backend()} arrays, but it would train on the "
+                                         f"{other} backend; build the model after mt.set_backend"):
+        fit(model, x, y, **KW, backend=other)
+    with pytest.raises(ValueError, match="fit: unknown backend 'gpu'"):
+        fit(model, x, y, **KW, backend="gpu")
+    with mt.backend.using(other):  # the active backend is not the model's: refused the same way
+        with pytest.raises(ValueError, match=f"would train on the {other} backend"):
+            fit(model, x, y, **KW)
+    assert all(np.array_equal(mt.to_numpy(v), weights[k]) for k, v in model.state_dict().items())
+
+
 def test_fit_refuses_float_labels_and_mismatched_shapes():
     x, y = toy_images()
     with pytest.raises(ValueError, match="integer class labels"):
