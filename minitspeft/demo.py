@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from . import backend
 from .checks import check_int
 from .io import output_file_problem, writable_dir_problem
 from .experiment import (EXPERIMENTS, METHODS, finetune, importance_study, pretrained_backbone, quick,
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--analysis", choices=["importance"], help="also run the module-importance study: rank layers "
                    "by learned density and by dense update norm, fine-tune the top layers of each")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                   help="array backend: numpy, cupy (a GPU; the gpu extra) or strict (NumPy with CuPy's refusals); "
+                        "default: MINITSPEFT_BACKEND, else numpy")
     return p
 
 
@@ -323,7 +327,19 @@ def main(argv=None) -> int:
     """Run the demo; return the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    cache_dir = _check_paths(parser, args)
+    before = backend.get_backend()
+    if args.backend is not None:
+        try:  # models are built after this, so their arrays live there
+            backend.set_backend(args.backend)
+        except ImportError as exc:  # cupy where it cannot load: one line, as for the other options
+            parser.error(f"--backend: {exc}")
+    try:
+        return _run(args, _check_paths(parser, args))
+    finally:
+        backend.set_backend(before)
+
+
+def _run(args, cache_dir: str) -> int:
     start = time.perf_counter()
     tasks = ["digits", "needle"] if args.task == "all" else [args.task]
     records = []

@@ -1,5 +1,6 @@
 """The demo: a quick smoke run, the cache, its JSON records, and one-line errors for bad options."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -58,6 +59,9 @@ def test_quick_demo_writes_records_and_reuses_the_cache(tmp_path, capsys):
     (["--seeds", "0"], "seeds must be an integer >= 1"),
     (["--task", "mnist"], "invalid choice"),
     (["--gate", "paper,magic"], "unknown gate variant(s) ['magic']"),
+    (["--backend", "torch"], "invalid choice: 'torch'"),
+    pytest.param(["--backend", "cupy"], 'install the \'gpu\' extra: pip install "minitspeft[gpu]"',
+                 marks=pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")),
 ])
 def test_bad_options_give_one_line_errors(args, needle, tmp_path):
     extra = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path)]
@@ -66,6 +70,16 @@ def test_bad_options_give_one_line_errors(args, needle, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_backend_option_runs_the_demo_there_and_gives_the_previous_backend_back(tmp_path, capsys):
+    from minitspeft import backend, strict_xp
+
+    before, copies = backend.get_backend(), strict_xp.transfer_count()
+    assert demo.main(["--quick", "--no-progress", "--methods", "lora,ts-lora", "--cache-dir", str(tmp_path),
+                      "--backend", "strict"]) == 0
+    assert strict_xp.transfer_count() > copies  # its arrays were the stand-in's: their copies to the host count
+    assert backend.get_backend() == before and "ts-lora" in capsys.readouterr().out
 
 
 def test_json_path_that_is_a_folder_is_refused(tmp_path):
