@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import minitspeft as mt
 from minitspeft.bench import config
 from minitspeft.bench.__main__ import TWINS, add_ratios, build_parser, cases, report
 
@@ -30,6 +31,10 @@ def test_bench_tiny_writes_its_tables_and_json(tmp_path):
     assert all(d == gated["minitspeft"] for d in gated.values())  # the twins' gates open as minitspeft's
     assert all(r["median_ms"] > 0 and r["peak_mb"] >= 0 and r["minor_faults_per_step"] >= 0 and len(r["all_ms"]) == 2
                for r in data["results"])
+    ours = [r for r in data["results"] if r["impl"] == "minitspeft"]
+    assert {r["backend"] for r in ours} == {mt.get_backend()}  # the one the test runs on (MINITSPEFT_BACKEND)
+    assert all((r["device_mb"] is None) == (mt.get_backend() != "cupy") for r in ours)
+    assert f"backend {mt.get_backend()}," in proc.stdout
     for forward_only in (False, True):  # the forced densities take effect, and hold through the timed steps
         forced = [r["density"] for r in data["results"] if r["table"] == "density" and r["forward_only"] == forward_only]
         assert forced[0] == 1.0 and forced[1] == pytest.approx(0.5, abs=0.1) and forced[2] == pytest.approx(0.2, abs=0.1)

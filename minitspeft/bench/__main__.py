@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--threads", type=_threads, default=1,
                    help="host BLAS threads, 1 to the CPU count (default 1)")
-    p.add_argument("--backend", choices=["numpy", "cupy"], default=backend.get_backend())
+    p.add_argument("--backend", choices=backend.BACKENDS, default=backend.get_backend(),
+                   help="array backend (default: the active one, MINITSPEFT_BACKEND or numpy)")
     p.add_argument("--scaling", action="store_true", help="also time the step as seq_len and n_embd double")
     p.add_argument("--no-densities", action="store_true", help="skip the forced-density cases")
     p.add_argument("--no-twins", action="store_true", help="skip the PyTorch and HIPS autograd steps")
@@ -103,6 +104,10 @@ def report(results: list, share: dict | None = None) -> str:
     header = ["impl", "variant", "median ms/step", "peak MB", "page faults/step"]
     rows = [[r["impl"], r["variant"], f"{r['median_ms']:.1f}", f"{r['peak_mb']:.0f}",
              f"{r['minor_faults_per_step']:,.0f}"] for r in step]
+    if any(r.get("device_mb") is not None for r in step):  # a GPU run: what CuPy's pool held there
+        header.append("GPU MB")
+        for row, r in zip(rows, step, strict=True):
+            row.append("-" if r.get("device_mb") is None else f"{r['device_mb']:.0f}")
     if twinned:
         header += ["x torch", "x minitspeft"]
         for row, r in zip(rows, step, strict=True):

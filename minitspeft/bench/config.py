@@ -62,6 +62,8 @@ def update_flop_share(config: BenchConfig) -> dict:
 CONFIGS = {
     "bench-small": BenchConfig(),
     "tiny": BenchConfig(vocab_size=16, seq_len=8, batch_size=4, n_embd=16, n_head=2, n_layer=1, r=2),
+    # for a GPU: about 64x bench-small's work per step (some 10 s a step on a laptop CPU)
+    "large": BenchConfig(seq_len=256, batch_size=16, n_embd=512, n_head=8, n_layer=8),
 }
 
 

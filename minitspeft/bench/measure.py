@@ -27,20 +27,27 @@ def time_case(run, warmup: int, steps: int) -> dict:
     ``warmup`` calls (minor page faults show memory handed back to the system and faulted in again).
 
     ``peak_mb`` is the growth of the process's peak resident memory over its
-    resident memory before the first call (the model already built).
+    resident memory before the first call (the model already built). On CuPy
+    each timed call ends when the GPU has finished it (:func:`~minitspeft.backend.synchronize`),
+    and ``device_mb`` is what CuPy's memory pool holds on the GPU after the
+    calls (None on the host backends).
     """
     baseline = _rss_mb()
     for _ in range(warmup):
         run()
+    backend.synchronize()
     times, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(steps):
         start = time.perf_counter()
         run()
+        backend.synchronize()  # kernels run asynchronously on a GPU: stop the clock when they are done
         times.append((time.perf_counter() - start) * 1e3)
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    device = backend.device_memory_bytes()
     return {"median_ms": statistics.median(times), "all_ms": times,
             "peak_mb": max(0.0, usage.ru_maxrss / 1024 - baseline),  # ru_maxrss is in KB on Linux
-            "minor_faults_per_step": (usage.ru_minflt - faults) / max(steps, 1)}
+            "minor_faults_per_step": (usage.ru_minflt - faults) / max(steps, 1),
+            "device_mb": None if device is None else device / 2**20}
 
 
 def worker(case: dict) -> dict:
