@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import types
 
 import numpy
 
@@ -242,8 +241,25 @@ for _n in ("neg", "pos", "abs", "invert"):
     setattr(StrictArray, f"__{_n}__", (lambda name: lambda self: _wrap(getattr(self._a, name)()))(f"__{_n}__"))
 
 
+# The names ``xp.<name>`` serves: functions, ufuncs, dtypes and constants that CuPy 13 has too (checked
+# against CuPy's API reference). NumPy has many more; a name outside this list raises AttributeError, so
+# code that would fail on a GPU with "module 'cupy' has no attribute" fails here first. Add a name only
+# after checking that CuPy has it, with the same meaning.
+CUPY_NAMES = frozenset("""
+    abs absolute add all any arange argmax argmin argsort around array asarray broadcast_arrays
+    broadcast_shapes broadcast_to ceil clip concatenate cos cosh cumprod cumsum diag divide dot dtype e
+    einsum empty empty_like equal exp expand_dims expm1 eye finfo flatnonzero flip float16 float32
+    float64 floor full full_like greater greater_equal iinfo inf int8 int16 int32 int64 isfinite isinf
+    isnan less less_equal linspace log log1p log2 logaddexp logical_and logical_not logical_or matmul
+    max maximum mean min minimum moveaxis multiply nan ndarray negative newaxis nonzero not_equal ones
+    ones_like pad pi power prod put_along_axis reshape round sign sin sinh split sqrt square squeeze
+    stack std subtract sum swapaxes take take_along_axis tanh tile transpose tril triu true_divide
+    uint8 bool_ where zeros zeros_like
+""".split())
+
+
 class _Namespace:
-    """``xp`` of the strict backend: NumPy's functions on device arrays (and its submodules, wrapped)."""
+    """``xp`` of the strict backend: NumPy's functions on device arrays, limited to :data:`CUPY_NAMES`."""
 
     ndarray = StrictArray
 
@@ -251,9 +267,10 @@ class _Namespace:
         self._module = module
 
     def __getattr__(self, name):
+        if name not in CUPY_NAMES:
+            raise AttributeError(f"strict backend: xp.{name} is not among the names this stand-in knows CuPy "
+                                 "to have (strict_xp.CUPY_NAMES); check CuPy's API before adding it")
         value = getattr(self._module, name)
-        if isinstance(value, types.ModuleType):
-            return _Namespace(value)
         if isinstance(value, type) or not callable(value):
             return value  # dtypes, finfo, constants: as they are
         return _Ufunc(value) if isinstance(value, numpy.ufunc) else _call(value)
