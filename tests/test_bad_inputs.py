@@ -115,6 +115,10 @@ CASES = {
                                                         progress=False), ValueError, "checkpoint_dir"),
     "a float batch_size": (lambda t: fit(_vit(), *_images(), steps=1, batch_size=4.0, progress=False),
                            ValueError, "fit: batch_size"),
+    "fit on a backend the model is not on": (
+        lambda t: fit(_vit(), *_images(), steps=1, progress=False,
+                      backend="strict" if mt.get_backend() == "numpy" else "numpy"),
+        ValueError, r"fit: the model's parameters are \w+ arrays, but it would train on the \w+ backend"),
     "float labels": (lambda t: fit(_vit(), _images()[0], _images()[1] * 1.0, steps=1, progress=False),
                      ValueError, "integer class labels"),
     "saving after merge_and_unload": (_merged_then_saved, ValueError, "holds no adapters"),

@@ -95,3 +95,21 @@ def test_the_ratios_divide_by_the_same_variant():
     lines = report(rows).splitlines()  # header, rule, then one line per row
     assert lines[0].split()[-4:] == ["x", "torch", "x", "minitspeft"]
     assert lines[2].split()[-2:] == ["3.00", "1.00"] and lines[5].split()[-2:] == ["-", "1.00"]
+
+
+@pytest.mark.backends("numpy")
+def test_the_prepared_gpu_check_knows_when_there_is_no_gpu_and_its_bench_options_parse(tmp_path):
+    import os
+    import pathlib
+
+    script = pathlib.Path(__file__).resolve().parent.parent / ".ci" / "gpu-check"
+    text = script.read_text()
+    for config_name in ("bench-small", "large"):
+        assert config_name in config.CONFIGS and config_name in text
+    build_parser().parse_args(["--backend", "numpy", "--config", "large", "--no-twins", "--no-densities",
+                               "--steps", "10", "--json", str(tmp_path / "x.json")])
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed: the script would run the GPU checks")
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OUT": str(tmp_path / "out")})
+    assert proc.returncode == 3 and "no CuPy with a GPU here" in proc.stdout

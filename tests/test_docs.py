@@ -99,3 +99,19 @@ def test_the_readme_lists_every_gate_config_field():
     listed = re.search(r"`GateConfig\((.*?)\)`, every field", (ROOT / "README.md").read_text(), re.S).group(1)
     names = {re.split(r"[=\s]", part.strip())[0] for part in listed.replace("\n", " ").split(",")}
     assert names == {f.name for f in dataclasses.fields(GateConfig)}
+
+
+@pytest.mark.backends("numpy")
+def test_readme_gpu_commands_are_ones_the_tools_accept():
+    """They need a GPU to run; here each is parsed by its tool's own argument parser."""
+    from minitspeft import demo
+    from minitspeft.bench import __main__ as bench
+
+    section = (ROOT / "README.md").read_text().split("## GPU (CuPy)", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#")[0].split() for block in re.findall(r"```\n(.*?)```", section, re.S)
+             for line in block.splitlines() if line.startswith("python -m minitspeft.")]
+    assert len(lines) == 2
+    parsers = {"minitspeft.demo": demo.build_parser, "minitspeft.bench": bench.build_parser}
+    for words in lines:
+        args = parsers[words[2]]().parse_args(words[3:])
+        assert args.backend == "cupy"
