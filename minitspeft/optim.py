@@ -352,8 +352,10 @@ def clip_grad_norm(params, max_norm: float) -> float:
     check_number("clip_grad_norm", "max_norm", max_norm, 0, low_open=True)
     params = [params] if isinstance(params, Tensor) else list(params)  # one tensor or many, as in PyTorch
     params = [p for p in params if p.grad is not None]
-    # each gradient's norm is right at any magnitude; hypot joins them without overflow (in float64)
-    total = math.hypot(*[float(stable_norm(p.grad, tuple(range(p.grad.ndim))).reshape(())) for p in params])
+    # each gradient's norm is right at any magnitude; hypot joins them without overflow (in float64), on
+    # the host, from one copy of all the norms (one synchronisation on a GPU, not one per parameter)
+    norms = [stable_norm(p.grad, tuple(range(p.grad.ndim))).reshape(()).astype("float64") for p in params]
+    total = math.hypot(*backend.to_numpy(backend.xp.stack(norms)).tolist()) if norms else 0.0
     if total > max_norm > 0:
         scale = max_norm / (total + 1e-6)
         for p in params:

@@ -54,8 +54,8 @@ def _ratio_grad_b(k, nd, denom, r):
     with backend.quiet_overflow():
         square = denom * denom
         coef = -k * nd / square
-    big = ~xp.isfinite(square) | (square < xp.finfo(square.dtype).tiny)  # overflow, or underflow (tiny eps)
-    return xp.where(big, -k * r / xp.where(big, denom, 1), coef) if bool(big.any()) else coef
+        big = ~xp.isfinite(square) | (square < xp.finfo(square.dtype).tiny)  # overflow, or underflow (tiny eps)
+        return xp.where(big, -k * r / xp.where(big, denom, 1), coef)  # no branch: the host never has to look
 
 
 def _unit(v, n):

@@ -66,10 +66,10 @@ def _lengths(u2, W, scaling):
     with backend.quiet_overflow():
         uM = u2 @ (W.T @ W)  # (N, r)
         q = (uM * u2).sum(axis=-1)  # ||B u||^2
-    if not bool(xp.isfinite(q).all()) or not bool(xp.isfinite(uM).all()):
-        return None
-    if bool(W.any()) and bool(((q < xp.finfo(q.dtype).tiny * 2**24) & (u2 != 0).any(axis=-1)).any()):
-        return None  # tiny (or cancelled) lengths: the direct norm is exact there, this is not
+    overflow = ~xp.isfinite(q).all() | ~xp.isfinite(uM).all()
+    tiny = W.any() & ((q < xp.finfo(q.dtype).tiny * 2**24) & (u2 != 0).any(axis=-1)).any()  # (or cancelled)
+    if bool(overflow | tiny):  # one look from the host (a GPU synchronises once), not three
+        return None  # the direct norm is exact in both cases, this is not
     return uM, q.dtype.type(scaling) * xp.sqrt(xp.maximum(q, 0))
 
 
