@@ -123,7 +123,7 @@ def get_default_device() -> str:
 
 def to_numpy(array) -> numpy.ndarray:
     """Return ``array`` (a NumPy, CuPy or strict array, or a scalar) as a NumPy array on the host."""
-    if hasattr(array, "get"):  # a CuPy (or strict) array: the explicit copy
+    if backend_of(array) in ("cupy", "strict"):  # a device array: the explicit copy
         return array.get()
     return numpy.asarray(array)
 

@@ -12,6 +12,8 @@ machine:
 - ``a.get()`` is the explicit copy to the host, and ``xp.asarray(host)`` the
   explicit copy to the "device";
 - reductions and full indexing give 0-d arrays, not NumPy scalars, as in CuPy;
+- ``xp.<name>`` serves only names CuPy has too (:data:`CUPY_NAMES`), so a NumPy-only function fails
+  here as it would on a GPU;
 - the refusals hold for the package's own code (every module under
   ``minitspeft/``, so a slip anywhere in it is caught); code outside it, a
   test or a user's script, may still hand device arrays to NumPy

@@ -71,7 +71,8 @@ def _check_device(module: "Module", device) -> None:
                            f"mt.set_backend(\"cupy\")) and {moving}; build the model again")
     if kind == "cuda" and index not in ("", "0") and backend.get_backend() == "strict":
         raise RuntimeError(f"Module.to({name!r}): the strict stand-in has one device, 'cuda' (or 'cuda:0')")
-    if kind == "cuda" and index and backend.get_backend() == "cupy" and any(int(p.data.device.id) != int(index) for p in params):
+    if kind == "cuda" and index and backend.get_backend() == "cupy" and any(
+            int(p.data.device.id) != int(index) for p in params):
         raise RuntimeError(f"Module.to({name!r}): the parameters are on another GPU, and moving them between GPUs "
                            "is not implemented; choose the GPU (cupy.cuda.Device) before building the model")
 
