@@ -139,13 +139,23 @@ def array_module(array):
     return numpy if isinstance(array, (numpy.ndarray, numpy.generic, float, int)) else xp
 
 
+def extent(array) -> tuple:
+    """``(min, max)`` of a non-empty array as Python numbers, read with one copy to the host (one
+    synchronisation on a GPU, not two)."""
+    mod = array_module(array)
+    return tuple(to_numpy(mod.stack([array.min(), array.max()])).tolist())
+
+
 def asarray(data, dtype=None):
     """Move host data (lists, NumPy arrays, scalars) to the active backend.
 
     Args:
-        data: anything ``numpy.asarray`` accepts, or a backend array.
+        data: anything ``numpy.asarray`` accepts, or an array of any backend (one of another backend,
+            e.g. a state dict saved on a GPU loaded on NumPy, comes over through the host, explicitly).
         dtype: optional target dtype; ``None`` keeps the data's own dtype.
     """
+    if backend_of(data) not in (None, "numpy", _name):
+        data = data.get()
     return xp.asarray(data, dtype=dtype)
 
 

@@ -54,7 +54,7 @@ def cpu(self) -> Tensor:
     """The tensor with its data on the host: itself on the NumPy backend (as ``torch.Tensor.cpu`` returns
     a CPU tensor unchanged); on CuPy (and the strict stand-in), a detached copy holding a NumPy array,
     for ``.numpy()``, ``.tolist()`` and printing; ops refuse to mix it with device tensors, as CuPy does."""
-    if backend.get_default_device() == "cpu":
+    if backend.backend_of(self.data) == "numpy":
         return self
     return Tensor.from_op(backend.to_numpy(self.data), (), lambda g: (), "cpu")  # not moved back to the device
 

@@ -20,7 +20,9 @@ machine:
   (``np.testing.assert_allclose(t.grad, ...)``), as if it had called
   ``.get()`` first: that is the host looking at results, and it is counted;
 - every transfer to the host (``get()``, ``float(a)``, ``int(a)``,
-  ``bool(a)``, ``a.item()``, ``a.tolist()``) is counted
+  ``bool(a)``, ``a.item()``, ``a.tolist()``, ``repr(a)``), and every
+  result whose shape depends on the data (``a[mask]``, ``xp.nonzero``,
+  ``xp.flatnonzero``: CuPy synchronises for those too) is counted
   (:func:`transfer_count`), and inside :func:`no_transfers` any of them
   raises :class:`HostTransferError`, so a test can prove that a step does
   not synchronise with the host.
@@ -204,15 +206,23 @@ class StrictArray:
         return (StrictArray(numpy.asarray(row)) for row in self._a)
 
     def __getitem__(self, index):
+        if _has_mask(index):  # the result's shape depends on the data: CuPy must wait for the GPU
+            _transfer("indexing with a boolean mask")
         return _wrap(self._a[_unwrap(index)])
 
     def __setitem__(self, index, value):
         self._a[_unwrap(index)] = _unwrap(value)
 
     def __repr__(self):
+        _transfer("repr()")
         return f"strict_array({numpy.array2string(self._a, separator=', ')}, dtype={self._a.dtype})"
 
     __hash__ = None
+
+
+def _has_mask(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, StrictArray) and p.dtype == numpy.bool_ for p in parts)
 
 
 def _binary(name: str):
@@ -254,10 +264,22 @@ CUPY_NAMES = frozenset("""
     float64 floor full full_like greater greater_equal iinfo inf int8 int16 int32 int64 isfinite isinf
     isnan less less_equal linspace log log1p log2 logaddexp logical_and logical_not logical_or matmul
     max maximum mean min minimum moveaxis multiply nan ndarray negative newaxis nonzero not_equal ones
-    ones_like pad pi power prod put_along_axis reshape round sign sin sinh split sqrt square squeeze
+    ones_like pad pi power prod reshape round sign sin sinh split sqrt square squeeze
     stack std subtract sum swapaxes take take_along_axis tanh tile transpose tril triu true_divide
     uint8 bool_ where zeros zeros_like
 """.split())
+
+
+_DATA_SHAPED = frozenset({"flatnonzero", "nonzero"})  # their result's shape depends on the data
+
+
+def _counted(name: str, fn):
+    """``fn``, counted as a transfer: on CuPy the host must wait for the GPU to learn the result's shape."""
+    def call(*args, **kwargs):
+        _transfer(f"xp.{name} (its result's shape depends on the data)")
+        return fn(*args, **kwargs)
+
+    return call
 
 
 class _Namespace:
@@ -275,6 +297,8 @@ class _Namespace:
         value = getattr(self._module, name)
         if isinstance(value, type) or not callable(value):
             return value  # dtypes, finfo, constants: as they are
+        if name in _DATA_SHAPED:
+            return _counted(name, _call(value))
         return _Ufunc(value) if isinstance(value, numpy.ufunc) else _call(value)
 
     @staticmethod

@@ -89,7 +89,7 @@ class Tensor:
             if arr.dtype.kind == "f":
                 arr = arr.astype(backend.get_default_dtype())
         else:
-            arr = xp.asarray(data, dtype=dtype)
+            arr = backend.asarray(data, dtype=dtype)  # another backend's array comes over explicitly
         if arr.dtype.kind not in "biufc":
             raise TypeError(f"Tensor: data must be numbers (bool, int, float or complex), got dtype {arr.dtype} "
                             f"from {type(data).__name__}")

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import backend
+from .backend import to_numpy as _to_numpy
 from .backend import using as _using_backend
 from . import functional as F
 from .checkpoint import CHECKPOINT, load_checkpoint, run_fingerprint, save_checkpoint
@@ -85,8 +86,9 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
             one; the resumed run ends bit-for-bit where the uninterrupted run ends.
         blas_threads: host BLAS threads during training (:func:`~minitspeft.backend.blas_threads`;
             fixed so that results do not depend on the machine's thread settings; None: leave them).
-        backend: the array backend to train on (``"numpy"``, ``"cupy"``, ``"strict"``; None: the active
-            one). The model must have been built on it; it is active during the run, restored after.
+        backend: the array backend to train on (``"numpy"``, ``"cupy"``, ``"strict"``; None: the one the
+            model's parameters are on, as a PyTorch model's device decides where it runs). The model must
+            have been built on it; it is the active backend during the run, and the previous one after.
 
     Returns:
         A :class:`FitResult` (its history includes the steps before a resume).
@@ -108,8 +110,8 @@ def fit(model: Module, x, y, *, steps: int, batch_size: int = 64, lr: float = 3e
     x, y = _checked_data(model, x, y, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          warmup_steps=warmup_steps, seed=seed, max_grad_norm=max_grad_norm,
                          checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-                         blas_threads=blas_threads, backend=backend)
-    with _using_backend(backend):
+                         blas_threads=blas_threads)
+    with _using_backend(_check_backend("fit", model, backend)):
         return _fit(model, x, y, steps, batch_size, lr, weight_decay, warmup_steps, seed, desc, progress,
                     max_grad_norm, checkpoint_dir, checkpoint_every, resume, blas_threads)
 
@@ -172,23 +174,36 @@ def _checked_data(model: Module, x, y, **settings) -> tuple:
     if settings["checkpoint_dir"] is None and (settings["resume"] or settings["checkpoint_every"]):
         raise ValueError("fit: resume=True and checkpoint_every need a checkpoint_dir")
     _check_adapters_active(model)
-    _check_backend(model, settings["backend"])
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("fit: the model has no trainable parameters (a PeftModel loaded with "
                          "from_pretrained is frozen unless is_trainable=True)")
     return x, y
 
 
-def _check_backend(model: Module, name) -> None:
-    """Refuse an unknown backend, or a model whose parameters are another backend's arrays (ValueError)."""
+def _check_backend(op: str, model: Module, name) -> str | None:
+    """The backend ``op`` runs ``model`` on: ``name``, else the one the model's parameters are on (the
+    active one for a model without parameters, or with them on several backends).
+
+    Raises:
+        ValueError: for an unknown name, or a model whose parameters are another backend's arrays.
+        ImportError: for ``"cupy"`` where CuPy cannot be imported.
+    """
     if name is not None and name not in backend.BACKENDS:
-        raise ValueError(f"fit: unknown backend {name!r}; expected one of {', '.join(backend.BACKENDS)}")
+        raise ValueError(f"{op}: unknown backend {name!r}; expected one of {', '.join(backend.BACKENDS)}")
+    found = {str(backend.backend_of(p.data)) for p in model.parameters()}
+    if name is None and len(found) == 1 and found <= set(backend.BACKENDS):
+        name = found.pop()
     wanted = name or backend.get_backend()
-    found = sorted({str(backend.backend_of(p.data)) for p in model.parameters()} - {wanted})
+    if wanted != backend.get_backend():
+        with backend.using(wanted):  # a backend that cannot load says so (ImportError) before anything runs
+            pass
+    found -= {wanted}
     if found:
-        raise ValueError(f"fit: the model's parameters are {', '.join(found)} arrays, but it would train on the "
-                         f"{wanted} backend; build the model after mt.set_backend({wanted!r}) (arrays are never "
-                         "moved between backends)")
+        verb = "train" if op == "fit" else "run"
+        raise ValueError(f"{op}: the model's parameters are {', '.join(sorted(found))} arrays, but it would {verb} "
+                         f"on the {wanted} backend; build the model after mt.set_backend({wanted!r}) (arrays are "
+                         "never moved between backends)")
+    return name
 
 
 def _float_or_none(value):
@@ -280,35 +295,44 @@ def _checkpoint_due(done: int, steps: int, every: int) -> bool:
 
 
 @no_grad()
-def predict(model: Module, x, batch_size: int = 256, blas_threads: int | None = 1) -> np.ndarray:
+def predict(model: Module, x, batch_size: int = 256, blas_threads: int | None = 1,
+            backend: str | None = None) -> np.ndarray:
     """Class predictions ``(N,)`` (or ``(N, T)`` for per-token logits), int64 on the host, in evaluation
     mode; restores the previous mode. Zero examples give an empty array.
 
-    ``blas_threads`` as in :func:`fit`.
+    ``blas_threads`` and ``backend`` as in :func:`fit` (None: the backend the model's parameters are on).
 
     Raises:
-        ValueError: for a ``batch_size`` that is not an integer >= 1.
+        ValueError: for a ``batch_size`` that is not an integer >= 1, an unknown backend, or one the
+            model's parameters are not on.
     """
     check_int("predict", "batch_size", batch_size)
+    with _using_backend(_check_backend("predict", model, backend)):
+        return _predict(model, x, batch_size, blas_threads)
+
+
+def _predict(model: Module, x, batch_size: int, blas_threads) -> np.ndarray:
+    """:func:`predict` on the backend of the model."""
     with model.eval_mode(), backend.blas_threads(blas_threads):
         preds = [backend.to_numpy(model(model_input(model, x[i:i + batch_size])).data.argmax(axis=-1))
                  for i in range(0, len(x), batch_size)]
     return np.concatenate(preds).astype(np.int64) if preds else np.zeros((0,), dtype=np.int64)
 
 
-def evaluate(model: Module, x, y, batch_size: int = 256) -> float:
-    """Accuracy in ``[0, 1]`` of ``model`` on ``(x, y)`` (evaluation mode, no graph).
+def evaluate(model: Module, x, y, batch_size: int = 256, backend: str | None = None) -> float:
+    """Accuracy in ``[0, 1]`` of ``model`` on ``(x, y)`` (evaluation mode, no graph); ``backend`` as in
+    :func:`predict`.
 
     Raises:
         ValueError: if ``x`` and ``y`` hold different numbers of examples, none, or labels whose shape
             is not that of the predictions (``(N,)``, or ``(N, T)`` for per-token logits): a ``y`` of
             shape ``(N, 1)`` would otherwise broadcast against ``(N,)`` and give a wrong accuracy.
     """
-    y = np.asarray(y)
+    y = _to_numpy(y)  # the accuracy is counted on the host
     if y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate: x has {len(x)} examples and y has shape {y.shape}; they must match "
                          "and be non-empty")
-    preds = predict(model, x, batch_size)
+    preds = predict(model, x, batch_size, backend=backend)
     if preds.shape != y.shape:
         raise ValueError(f"evaluate: labels of shape {y.shape} do not match the predictions' shape {preds.shape}")
     return float((preds == y).mean())

@@ -350,10 +350,24 @@ def test_fit_refuses_a_backend_its_model_is_not_on_before_anything_changes():
         fit(model, x, y, **KW, backend=other)
     with pytest.raises(ValueError, match="fit: unknown backend 'gpu'"):
         fit(model, x, y, **KW, backend="gpu")
-    with mt.backend.using(other):  # the active backend is not the model's: refused the same way
-        with pytest.raises(ValueError, match=f"would train on the {other} backend"):
-            fit(model, x, y, **KW)
     assert all(np.array_equal(mt.to_numpy(v), weights[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=f"predict: the model's parameters are .* would run on the {other}"):
+        predict(model, x, backend=other)
+
+
+def test_without_backend_fit_predict_and_evaluate_run_where_the_model_is():
+    """As a PyTorch model's device decides where it runs: the active backend may be another one."""
+    x, y = toy_images()
+    model, here = _model(), mt.get_backend()
+    other = "numpy" if here != "numpy" else "strict"
+    with mt.backend.using(other):
+        fit(model, x, y, **KW)
+        preds = predict(model, x)
+        acc = evaluate(model, x, mt.backend.asarray(y))  # labels may be any backend's array
+        assert mt.get_backend() == other  # given back after each
+    assert all(mt.backend.backend_of(p.data) == here for p in model.parameters())
+    np.testing.assert_array_equal(preds, predict(model, x))
+    assert acc == evaluate(model, x, y)
 
 
 def test_fit_refuses_float_labels_and_mismatched_shapes():

@@ -161,8 +161,11 @@ def _integer_ids(op: str, ids):
 
 def _check_id_range(op: str, idx, n: int) -> None:
     """Raise ValueError naming ``op`` for an id outside ``[0, n)`` (NumPy would wrap a negative one)."""
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise ValueError(f"{op}: ids must be in [0, {n}), got min {int(idx.min())} and max {int(idx.max())}")
+    if not idx.size:
+        return
+    low, high = backend.extent(idx)
+    if low < 0 or high >= n:
+        raise ValueError(f"{op}: ids must be in [0, {n}), got min {low} and max {high}")
 
 
 def embedding(ids, weight: Tensor) -> Tensor:

@@ -136,7 +136,8 @@ def nll_loss(log_probs: Tensor, targets, reduction: str = "mean", ignore_index: 
     def backward(g):
         g = xp.broadcast_to(g * scale, t.shape) * valid
         grad = xp.zeros(log_probs.shape, dtype=g.dtype)
-        xp.put_along_axis(grad, safe_t, -g[..., None], axis=-1)  # one target per position: no repeats
+        flat = grad.reshape(-1, grad.shape[-1])  # a view: one row per position, one target in each
+        flat[xp.arange(flat.shape[0]), safe_t.reshape(-1)] = -g.reshape(-1)  # no repeats: plain assignment
         return (grad,)
 
     return Tensor.from_op(out, (log_probs,), backward, "nll_loss")

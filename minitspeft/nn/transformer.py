@@ -192,9 +192,9 @@ class Transformer(_Trunk):
                              f"got shape {tuple(data.shape)}")
         if data.shape[1] > c.block_size:
             raise ValueError(f"Transformer: sequence length {data.shape[1]} exceeds block_size {c.block_size}")
-        if data.size and (int(data.min()) < 0 or int(data.max()) >= c.vocab_size):
-            raise ValueError(f"Transformer: token ids must be in [0, {c.vocab_size}), "
-                             f"got min {int(data.min())} and max {int(data.max())}")
+        low, high = backend.extent(data)  # not empty: checked above
+        if low < 0 or high >= c.vocab_size:
+            raise ValueError(f"Transformer: token ids must be in [0, {c.vocab_size}), got min {low} and max {high}")
         return data
 
     def features(self, idx) -> Tensor:
