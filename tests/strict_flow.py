@@ -22,5 +22,5 @@ with tempfile.TemporaryDirectory() as d:
 logits = again(seqs[:2, :-1])
 out["logits"] = mt.to_numpy(logits.data).astype(float).ravel()[:20].tolist()
 out["taus"] = [float(t.item()) for t in model.thresholds()]
-out["generated"] = mt.to_numpy(lm().generate(np.array([[3]]), max_new_tokens=5, top_k=1)).tolist()
+out["generated"] = mt.to_numpy(again.generate(np.array([[3]]), max_new_tokens=5, top_k=1)).tolist()  # adapted, gated
 print(json.dumps(out))

@@ -286,3 +286,24 @@ def test_disable_adapter_on_a_merged_model_gives_the_base_output():
     with pm.disable_adapter():
         pass
     assert layer.disabled
+
+
+def test_generate_on_the_peft_model_is_the_adapted_base_models():
+    from minitspeft.peft import GateConfig
+
+    def lm():
+        mt.manual_seed(0)
+        return nn.Transformer(nn.TransformerConfig.preset("nano", vocab_size=7, block_size=12, causal=True))
+
+    plain = lm()
+    peft = get_peft_model(lm(), LoraConfig(r=2, target_modules=["q_proj", "fc1"], init_lora_weights=False),
+                          gate=GateConfig())
+    ids = np.array([[1, 2]])
+    out = peft.generate(ids, max_new_tokens=4, top_k=1)
+    assert out.shape == (1, 6) and np.array_equal(out, peft.get_base_model().generate(ids, 4, top_k=1))
+    with peft.disable_adapter():
+        assert np.array_equal(peft.generate(ids, 4, top_k=1), plain.generate(ids, 4, top_k=1))
+    vit = get_peft_model(nn.ViT(nn.TransformerConfig(n_layer=1, n_head=2, n_embd=8, n_classes=2), patch_size=2,
+                                image_size=4), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(AttributeError, match="generate: the base model, a ViT, has no generate"):
+        vit.generate(ids, 1)

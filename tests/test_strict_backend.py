@@ -3,6 +3,7 @@ whole TS-LoRA workflow runs on it and gives the NumPy backend's numbers."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -133,3 +134,66 @@ def test_every_array_function_the_package_calls_is_one_cupy_has():
             used.setdefault(name, path.name)
     missing = {name: where for name, where in used.items() if name not in strict_xp.CUPY_NAMES}
     assert not missing, missing
+
+
+def test_state_dicts_cross_between_backends_explicitly():
+    """A model's and an optimiser's state saved on a device load on NumPy, and the other way round, as a
+    CUDA state dict loads into a CPU model in PyTorch: through the host, counted."""
+    from minitspeft import nn
+    from minitspeft.optim import AdamW
+
+    def trained(name):
+        with backend.using(name):
+            mt.manual_seed(0)
+            model = nn.Linear(4, 3)
+            opt = AdamW(model.parameters(), lr=0.1)
+            (model(mt.Tensor(np.ones((2, 4)))) ** 2).sum().backward()
+            opt.step()
+            return model, opt
+
+    for source, target in (("strict", "numpy"), ("numpy", "strict")):
+        model, opt = trained(source)
+        fresh, fresh_opt = trained(target)
+        with backend.using(target):
+            before = strict_xp.transfer_count()
+            fresh.load_state_dict(model.state_dict())
+            fresh_opt.load_state_dict(opt.state_dict())
+            assert (strict_xp.transfer_count() > before) == (source == "strict")
+        assert {backend.backend_of(p.data) for p in fresh.parameters()} == {target}
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(mt.to_numpy(fresh.state_dict()[k]), mt.to_numpy(v))
+
+
+def test_a_device_tensor_seen_from_the_numpy_backend(strict):
+    t = mt.randn(2, 2)
+    backend.set_backend("numpy")
+    assert backend.is_host_array(t.cpu().data) and t.cpu().tolist() == t.tolist()  # by its own array
+    again = mt.Tensor(t.data)  # another backend's array: over through the host
+    assert backend.is_host_array(again.data) and again.tolist() == t.tolist()
+
+
+def test_data_shaped_results_and_repr_count_as_synchronisations(strict):
+    a = backend.xp.asarray(np.array([0.0, 2.0, 0.0, 3.0]))
+    for look in (lambda: a[a > 1], lambda: backend.xp.flatnonzero(a), lambda: backend.xp.nonzero(a), lambda: repr(a)):
+        before = strict_xp.transfer_count()
+        look()
+        assert strict_xp.transfer_count() == before + 1
+        with strict_xp.no_transfers(), pytest.raises(strict_xp.HostTransferError):
+            look()
+    before = strict_xp.transfer_count()
+    a[backend.xp.asarray(np.array([1, 3]))]  # an integer index: the shape is known, nothing waits
+    assert strict_xp.transfer_count() == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")
+def test_asking_for_cupy_where_it_is_missing_names_the_extra_before_anything_runs():
+    from minitspeft import nn
+    from minitspeft.train import fit, predict
+
+    model = nn.Linear(2, 2)
+    x, y = np.ones((4, 2)), np.zeros(4, dtype=int)
+    for call in (lambda: fit(model, x, y, steps=1, progress=False, backend="cupy"),
+                 lambda: predict(model, x, backend="cupy")):
+        with pytest.raises(ImportError, match=r'pip install "minitspeft\[gpu\]"'):
+            call()
+    assert backend.get_backend() == mt.get_backend()

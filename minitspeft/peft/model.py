@@ -65,6 +65,18 @@ class PeftModel(Module):
         """
         return self.base_model
 
+    def generate(self, *args, **kwargs):
+        """The base model's ``generate`` (a causal :class:`~minitspeft.nn.Transformer`'s), through the adapters
+        and gates, as ``PeftModel.generate`` in Hugging Face peft; same arguments and result.
+
+        Raises:
+            AttributeError: if the base model has no ``generate``.
+        """
+        if not hasattr(self.base_model, "generate"):
+            raise AttributeError(f"generate: the base model, a {type(self.base_model).__name__}, has no generate "
+                                 "(a causal Transformer has)")
+        return self.base_model.generate(*args, **kwargs)
+
     @property
     def method(self) -> str:
         """``"lora"``, ``"dora"`` or ``"adapter"``, prefixed ``"ts-"`` when gated."""
