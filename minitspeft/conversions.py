@@ -36,6 +36,9 @@ class Size(int):
         self.shape = shape
         return self
 
+    def __getnewargs__(self):  # pickle and deepcopy build it again from both
+        return int(self), self.shape
+
     def __call__(self, dim=None):
         if dim is None:
             return self.shape
@@ -57,6 +60,12 @@ def cpu(self) -> Tensor:
     if backend.backend_of(self.data) == "numpy":
         return self
     return Tensor.from_op(backend.to_numpy(self.data), (), lambda g: (), "cpu")  # not moved back to the device
+
+
+def _device(self) -> str:
+    """``t.device``: ``"cpu"`` for a NumPy array, ``"cuda"`` for a CuPy (or strict stand-in) array, as
+    ``str(torch.Tensor.device)``."""
+    return "cpu" if backend.backend_of(self.data) == "numpy" else "cuda"
 
 
 def numpy(self):
@@ -102,7 +111,7 @@ def item(self):
 
 
 attach_methods({
-    "size": property(_size, doc=Size.__doc__), "cpu": cpu, "numpy": numpy, "tolist": tolist, "numel": numel,
+    "size": property(_size, doc=Size.__doc__), "device": property(_device, doc=_device.__doc__), "cpu": cpu, "numpy": numpy, "tolist": tolist, "numel": numel,
     "__array__": __array__, "item": item,
     "__float__": lambda self: float(_one_element(self, "float")),
     "__int__": lambda self: int(_one_element(self, "int")),

@@ -284,6 +284,24 @@ def to_dtype(x: Tensor, dtype) -> Tensor:
     return Tensor.from_op(x.data.astype(dtype), (x,), lambda g: (g.astype(x.dtype),), "to_dtype")
 
 
+def to(x: Tensor, *args, device=None, dtype=None) -> Tensor:
+    """``t.to(...)`` as PyTorch's: a device (``"cpu"``, ``"cuda"``, ``"cuda:0"``, or a ``torch.device``), a
+    dtype, or both, positionally or by keyword; each is applied as :func:`to_dtype` applies it.
+
+    Raises:
+        TypeError: for two devices or two dtypes.
+        RuntimeError, TypeError: as :func:`to_dtype`.
+    """
+    for a in args:
+        name = str(a) if type(a).__name__ == "device" else a  # a torch.device, by its name
+        is_device = isinstance(name, str) and name.partition(":")[0] in ("cpu", "cuda")
+        if (device if is_device else dtype) is not None:
+            raise TypeError(f"to: got two {'devices' if is_device else 'dtypes'} (the second {a!r})")
+        device, dtype = (name, dtype) if is_device else (device, a)
+    out = x if device is None else to_dtype(x, str(device))
+    return out if dtype is None else to_dtype(out, dtype)
+
+
 # ------------------------------------------------- operators and methods
 
 attach_methods({
@@ -298,6 +316,6 @@ attach_methods({
     "sin": sin, "cos": cos, "log1p": log1p, "expm1": expm1, "sign": sign, "floor": floor, "ceil": ceil,
     "round": round, "clip": clip,
     "clamp": lambda self, min=None, max=None: clip(self, min, max),  # noqa: A002 - PyTorch's names
-    "clone": clone, "to": to_dtype,
+    "clone": clone, "to": to, "cuda": lambda self: to_dtype(self, "cuda"),
     "float": lambda self: to_dtype(self, "float32"), "double": lambda self: to_dtype(self, "float64"),
 })

@@ -309,7 +309,30 @@ def test_cpu_and_to_a_device_follow_the_backend():
     else:
         host = a.to("cpu")
         assert mt.backend.is_host_array(host.data) and host.tolist() == [[1.0], [1.0]]
-        assert not host.requires_grad and a.to("cuda") is a and a.to("cuda:0") is a
+        assert not host.requires_grad and a.to("cuda") is a and a.to("cuda:0") is a and a.cuda() is a
+    assert a.device == mt.get_default_device()
+
+
+def test_to_takes_a_device_and_a_dtype_together_as_in_pytorch():
+    a = mt.ones(2, 1, requires_grad=True)
+    dev = mt.get_default_device()
+    for b in (a.to(dev, "float64"), a.to(device=dev, dtype=np.float64), a.to(np.float64)):
+        assert b.dtype == np.float64 and b.device == dev and b.requires_grad
+    b.sum().backward()
+    assert a.grad.dtype == np.float32  # the gradient is cast back to the tensor's dtype
+    with pytest.raises(TypeError, match="to: got two dtypes"):
+        a.to("float32", "float64")
+    with pytest.raises(TypeError, match="to: got two devices"):
+        a.to("cpu", "cuda")
+
+
+def test_size_survives_pickle_and_deepcopy():
+    import copy
+    import pickle
+
+    s = mt.zeros(2, 3).size
+    for again in (pickle.loads(pickle.dumps(s)), copy.deepcopy(s)):
+        assert again == 6 and again() == (2, 3) and again(-1) == 3
 
 
 def test_fit_trains_a_plain_sequential_on_float_arrays():
