@@ -21,6 +21,8 @@ The functions run on the host with NumPy (an experiment-layer module).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from . import backend
@@ -88,7 +90,9 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
         batch_size: examples per forward pass.
 
     Returns:
-        ``{"layers": {name: {...}}, "blocks": [...], "useless_density": float or None}``. Per layer:
+        ``{"layers": {name: {...}}, "blocks": [...], "useless_density": float or None, "skipped": {...}}``.
+        Gates that see another token axis than most (a ViT's ``patch_emb``, before the CLS token is
+        put in front) are left out and listed in ``skipped`` with the shape they saw. Per layer:
         ``density``, ``cls_density`` (at position 0), ``non_cls_density``,
         ``seq_spread`` (the standard deviation of ``S`` over a sequence's
         non-CLS tokens, averaged over sequences), ``useless``
@@ -113,8 +117,11 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
             for name, gate in gates.items():
                 S_all[name].append(backend.to_numpy(gate.last_S.data))
                 s_all[name].append(backend.to_numpy(gate.last_score))
+    shapes = {name: np.concatenate(S_all[name]).shape for name in gates}
+    seen = Counter(shapes.values()).most_common(1)[0][0]  # the model's (N, T): what most gates see
+    skipped = {name: shape for name, shape in shapes.items() if shape != seen}
+    gates = {name: gate for name, gate in gates.items() if name not in skipped}
     if mask is not None:
-        seen = np.concatenate(next(iter(S_all.values()))).shape
         if np.shape(mask) != seen:
             raise ValueError(f"gate_selectivity: mask has shape {np.shape(mask)}, the gates saw {seen}")
         salient = backend.to_numpy(mask).astype(bool)  # a new host array (the mask may be on the device)
@@ -133,7 +140,8 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
     useless_rows = [S[:, 1:] for name, (_, S) in layers.items() if name in useless]
     useless_density = float(np.mean(np.concatenate([u.ravel() for u in useless_rows]))) if useless_rows else None
     layer_rows = {name: row for name, (row, _) in layers.items()}
-    return {"layers": layer_rows, "blocks": _by_block(layer_rows), "useless_density": useless_density}
+    return {"layers": layer_rows, "blocks": _by_block(layer_rows), "useless_density": useless_density,
+            "skipped": skipped}
 
 
 def _by_block(layer_rows: dict) -> list:

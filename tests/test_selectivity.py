@@ -140,3 +140,20 @@ def test_gate_selectivity_counts_what_the_gates_applied():
         gate_selectivity(pm, x, mask[:, :4])
     with pytest.raises(ValueError, match="no token gates"):
         gate_selectivity(_random_lora(_text()), x)
+
+
+def test_a_gate_on_another_token_axis_is_left_out_and_named():
+    """With ``all-linear`` a ViT's ``patch_emb`` is gated too; it sees the patches before the CLS token is
+    put in front (one token fewer), so its position 0 is not the CLS: it is listed, not measured."""
+    pm = get_peft_model(_vit(), LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False),
+                        gate=GateConfig(tau_init=0.3))
+    x = np.random.default_rng(1).normal(size=(6, 4, 4))
+    pm(x)
+    shapes = {name: tuple(gate.last_S.shape) for name, gate in pm.gates()}
+    full = max(s[1] for s in shapes.values())
+    mask = np.zeros((6, full), dtype=bool)
+    mask[:, 1] = True
+    sel = gate_selectivity(pm, x, mask)
+    assert sel["skipped"] == {"patch_emb": (6, full - 1)} and "patch_emb" not in sel["layers"]
+    assert set(sel["layers"]) == {n for n, s in shapes.items() if s[1] == full}
+    assert all(0 <= row["salient_density"] <= 1 for row in sel["layers"].values())
