@@ -109,14 +109,7 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
     if not gates:
         raise ValueError("gate_selectivity: the model has no token gates")
     useless = set(useless_layers(peft_model))
-    S_all = {n: [] for n in gates}
-    s_all = {n: [] for n in gates}
-    with peft_model.eval_mode():
-        for i in range(0, len(x), batch_size):
-            peft_model(x[i:i + batch_size])
-            for name, gate in gates.items():
-                S_all[name].append(backend.to_numpy(gate.last_S.data))
-                s_all[name].append(backend.to_numpy(gate.last_score))
+    S_all, s_all = _run_gates(peft_model, gates, x, batch_size)
     shapes = {name: np.concatenate(S_all[name]).shape for name in gates}
     seen = Counter(shapes.values()).most_common(1)[0][0]  # the model's (N, T): what most gates see
     skipped = {name: shape for name, shape in shapes.items() if shape != seen}
@@ -142,6 +135,19 @@ def gate_selectivity(peft_model, x, mask=None, batch_size: int = 256) -> dict:
     layer_rows = {name: row for name, (row, _) in layers.items()}
     return {"layers": layer_rows, "blocks": _by_block(layer_rows), "useless_density": useless_density,
             "skipped": skipped}
+
+
+def _run_gates(peft_model, gates: dict, x, batch_size: int) -> tuple:
+    """Each gate's ``S`` and score over ``x``, batch by batch on the host: ``({name: [S, ...]}, {name: [...]})``."""
+    S_all = {n: [] for n in gates}
+    s_all = {n: [] for n in gates}
+    with peft_model.eval_mode():
+        for i in range(0, len(x), batch_size):
+            peft_model(x[i:i + batch_size])
+            for name, gate in gates.items():
+                S_all[name].append(backend.to_numpy(gate.last_S.data))
+                s_all[name].append(backend.to_numpy(gate.last_score))
+    return S_all, s_all
 
 
 def _by_block(layer_rows: dict) -> list:
