@@ -1,20 +1,25 @@
 """A short TS-LoRA workflow (fit, save, load, generate) that prints its results as JSON: run by
-tests/test_strict_backend.py on the NumPy and the strict backend, which must agree."""
+tests/test_strict_backend.py on NumPy and on each device backend (MINITSPEFT_BACKEND), which must agree."""
 
-import json, sys, tempfile
+import json
+import tempfile
+
 import numpy as np
+
 import minitspeft as mt
 from minitspeft import nn
 from minitspeft.peft import GateConfig, LoraConfig, PeftModel, get_peft_model
-from minitspeft.train import evaluate, fit
+from minitspeft.train import fit
+
 
 def lm():
     mt.manual_seed(0)
     return nn.Transformer(nn.TransformerConfig.preset("nano", vocab_size=7, block_size=12, causal=True))
 
+
 seqs = (np.arange(7)[:, None] + np.arange(13)) % 7
 model = get_peft_model(lm(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), gate=GateConfig())
-hist = fit(model, seqs[:, :-1], seqs[:, 1:], steps=6, batch_size=7, lr=1e-2)
+fit(model, seqs[:, :-1], seqs[:, 1:], steps=6, batch_size=7, lr=1e-2, progress=False)
 out = {"backend": mt.get_backend()}
 with tempfile.TemporaryDirectory() as d:
     model.save_pretrained(d)

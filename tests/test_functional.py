@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import minitspeft as mt
-from minitspeft import backend, ops
+from minitspeft import backend
 from minitspeft import functional as F
 from minitspeft.functional import reference as FR
 from minitspeft.tensor import Tensor
