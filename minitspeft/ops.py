@@ -277,7 +277,10 @@ def to_dtype(x: Tensor, dtype) -> Tensor:
         if dtype.startswith("cpu"):
             return x.cpu()
         return x
-    dtype = backend.xp.dtype(dtype)
+    try:
+        dtype = backend.xp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"to: {dtype!r} is neither a device ('cpu', 'cuda') nor a dtype") from None
     if x.requires_grad and dtype.kind != "f":
         raise TypeError(f"to_dtype: a tensor that requires gradients can only be cast to a floating dtype, "
                         f"got {dtype}")

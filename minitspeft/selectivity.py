@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 
 from . import backend
+from .nn.module import module_backend
 from .tensor import no_grad
 
 USELESS_PARTS = ("attn.q_proj", "attn.o_proj", "mlp.fc1", "mlp.fc2", "attn", "mlp")
@@ -141,7 +142,7 @@ def _run_gates(peft_model, gates: dict, x, batch_size: int) -> tuple:
     """Each gate's ``S`` and score over ``x``, batch by batch on the host: ``({name: [S, ...]}, {name: [...]})``."""
     S_all = {n: [] for n in gates}
     s_all = {n: [] for n in gates}
-    with peft_model.eval_mode():
+    with backend.using(module_backend(peft_model)), peft_model.eval_mode():  # where the model is
         for i in range(0, len(x), batch_size):
             peft_model(x[i:i + batch_size])
             for name, gate in gates.items():

@@ -197,10 +197,11 @@ def _check_backend(op: str, model: Module, name) -> str | None:
     if wanted != backend.get_backend():
         with backend.using(wanted):  # a backend that cannot load says so (ImportError) before anything runs
             pass
+    some = "some of " if wanted in found else ""
     found -= {wanted}
     if found:
         verb = "train" if op == "fit" else "run"
-        raise ValueError(f"{op}: the model's parameters are {', '.join(sorted(found))} arrays, but it would {verb} "
+        raise ValueError(f"{op}: {some}the model's parameters are {', '.join(sorted(found))} arrays, but it would {verb} "
                          f"on the {wanted} backend; build the model after mt.set_backend({wanted!r}) (arrays are "
                          "never moved between backends)")
     return name
@@ -313,6 +314,8 @@ def predict(model: Module, x, batch_size: int = 256, blas_threads: int | None = 
 
 def _predict(model: Module, x, batch_size: int, blas_threads) -> np.ndarray:
     """:func:`predict` on the backend of the model."""
+    if isinstance(x, Tensor) or backend.backend_of(x) not in (None, "numpy", backend.get_backend()):
+        x = backend.to_numpy(x.data if isinstance(x, Tensor) else x)  # another backend's: over through the host
     with model.eval_mode(), backend.blas_threads(blas_threads):
         preds = [backend.to_numpy(model(model_input(model, x[i:i + batch_size])).data.argmax(axis=-1))
                  for i in range(0, len(x), batch_size)]
@@ -328,6 +331,7 @@ def evaluate(model: Module, x, y, batch_size: int = 256, backend: str | None = N
             is not that of the predictions (``(N,)``, or ``(N, T)`` for per-token logits): a ``y`` of
             shape ``(N, 1)`` would otherwise broadcast against ``(N,)`` and give a wrong accuracy.
     """
+    _check_backend("evaluate", model, backend)
     y = _to_numpy(y)  # the accuracy is counted on the host
     if y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"evaluate: x has {len(x)} examples and y has shape {y.shape}; they must match "

@@ -197,3 +197,63 @@ def test_asking_for_cupy_where_it_is_missing_names_the_extra_before_anything_run
         with pytest.raises(ImportError, match=r'pip install "minitspeft\[gpu\]"'):
             call()
     assert backend.get_backend() == mt.get_backend()
+
+
+def _lm(name):
+    from minitspeft import nn
+
+    with backend.using(name):
+        mt.manual_seed(0)
+        return nn.Transformer(nn.TransformerConfig.preset("nano", vocab_size=7, block_size=12, causal=True))
+
+
+@pytest.mark.backends("numpy")  # it builds on both backends itself
+@pytest.mark.parametrize("built, active", [("strict", "numpy"), ("numpy", "strict")])
+def test_a_model_called_on_another_backend_says_so_and_generate_follows_the_model(built, active):
+    from minitspeft.peft import GateConfig, LoraConfig, get_peft_model
+    from minitspeft.selectivity import gate_selectivity
+    from minitspeft.train import predict
+
+    model = get_peft_model(_lm(built), LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig())
+    ids = np.array([[3, 1]])
+    with backend.using(built):
+        expected = model.generate(ids, max_new_tokens=3, top_k=1)
+        S = gate_selectivity(model, ids)["layers"]
+    with backend.using(active):
+        with pytest.raises(RuntimeError, match=f"PeftModel: its parameters are {built} arrays but the active "
+                                               f"backend is {active}; call it inside mt.backend.using"):
+            model(ids)
+        assert np.array_equal(model.generate(ids, max_new_tokens=3, top_k=1), expected)  # where the model is
+        assert gate_selectivity(model, ids)["layers"] == S
+        with backend.using(built):
+            host_ids = mt.Tensor(ids)  # a Tensor of the model's backend
+        assert predict(model, host_ids).shape == (1, 2)
+        assert mt.get_backend() == active  # given back each time
+
+
+def test_a_model_on_two_backends_is_named_as_such():
+    from minitspeft import nn
+    from minitspeft.train import fit
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    other = "strict" if mt.get_backend() == "numpy" else "numpy"
+    with backend.using(other):
+        model[1].weight.data = backend.xp.zeros((2, 2))
+    with pytest.raises(ValueError, match=f"fit: some of the model's parameters are {other} arrays"):
+        fit(model, np.ones((4, 2)), np.zeros(4, dtype=int), steps=1, progress=False, backend=mt.get_backend())
+
+
+def test_a_device_name_the_project_does_not_know_is_named():
+    with pytest.raises(TypeError, match=r"to: 'tpu' is neither a device \('cpu', 'cuda'\) nor a dtype"):
+        mt.ones(2).to("tpu")
+
+
+@pytest.mark.backends("numpy")  # it builds on both backends itself
+def test_adapters_are_made_and_loaded_on_the_base_models_backend(tmp_path):
+    from minitspeft.peft import GateConfig, LoraConfig, PeftModel, get_peft_model
+
+    model = get_peft_model(_lm("strict"), LoraConfig(r=2, target_modules=["q_proj"]), gate=GateConfig())
+    assert {backend.backend_of(p.data) for p in model.parameters()} == {"strict"}  # numpy is active
+    model.save_pretrained(str(tmp_path))
+    again = PeftModel.from_pretrained(_lm("strict"), str(tmp_path))
+    assert {backend.backend_of(p.data) for p in again.parameters()} == {"strict"} and mt.get_backend() == "numpy"

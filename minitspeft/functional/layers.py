@@ -153,7 +153,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
 
 def _integer_ids(op: str, ids):
     """``ids`` (an array or Tensor) as a backend integer array. Raises ValueError naming ``op`` otherwise."""
-    idx = ids.data if isinstance(ids, Tensor) else backend.xp.asarray(ids)
+    idx = ids.data if isinstance(ids, Tensor) else backend.asarray(ids)
     if idx.dtype.kind not in "iu":
         raise ValueError(f"{op}: ids must be integers, got dtype {idx.dtype}")
     return idx

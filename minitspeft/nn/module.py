@@ -47,6 +47,23 @@ def _device_name(value) -> str | None:
     return text if isinstance(text, str) and _DEVICE.fullmatch(text) else None
 
 
+_calls = 0  # modules being called now: only the outermost call checks the backend (one look per forward)
+
+
+def module_backend(module: "Module") -> str | None:
+    """The backend whose arrays the module's parameters are (its first parameter's; None without any)."""
+    first = next(module.parameters(), None)
+    return None if first is None else backend.backend_of(first.data)
+
+
+def _check_active_backend(module: "Module") -> None:
+    name = module_backend(module)
+    if name is not None and name != backend.get_backend():
+        raise RuntimeError(f"{type(module).__name__}: its parameters are {name} arrays but the active backend is "
+                           f"{backend.get_backend()}; call it inside mt.backend.using({name!r}) or after "
+                           f"mt.set_backend({name!r}) (fit, predict, evaluate and generate do that themselves)")
+
+
 def _check_device(module: "Module", device) -> None:
     """Refuse (``TypeError``, ``ValueError`` or ``RuntimeError``, see :meth:`Module.to`) a device the parameters
     are not on."""
@@ -90,7 +107,19 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        """``forward``; the outermost call first checks that the parameters are the active backend's arrays.
+
+        Raises:
+            RuntimeError: for a model built on another backend (naming both), before anything runs.
+        """
+        global _calls
+        if _calls == 0:
+            _check_active_backend(self)
+        _calls += 1
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            _calls -= 1
 
     # ----------------------------------------------------------- traversal
     def _children_items(self):

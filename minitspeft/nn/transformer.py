@@ -19,7 +19,7 @@ from ..config import Config
 from ..tensor import Tensor, no_grad
 from .attention import MultiHeadAttention
 from .layers import Dropout, Embedding, LayerNorm, Linear
-from .module import Module, ModuleList
+from .module import Module, ModuleList, module_backend
 
 PRESETS = {
     "nano": {"n_layer": 1, "n_head": 2, "n_embd": 32},
@@ -236,6 +236,11 @@ class Transformer(_Trunk):
         if top_k is not None:
             check(is_int(top_k) and 1 <= top_k <= c.vocab_size, "generate", "top_k", top_k,
                   f"None or an integer in [1, vocab_size={c.vocab_size}]")
+        with backend.using(module_backend(self)):  # where the model is, as predict; the result is on the host
+            return self._generate(idx, max_new_tokens, temperature, top_k, seed)
+
+    def _generate(self, idx, max_new_tokens: int, temperature: float, top_k, seed) -> np.ndarray:
+        c = self.config
         out = backend.to_numpy(self.check_ids(idx)).astype(np.int64)
         if out.shape[1] == 0:
             raise ValueError("generate: idx must hold at least one token per row")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from .. import backend
-from ..nn.module import Module
+from ..nn.module import Module, module_backend
 from ..tensor import Tensor
 from .base import ModulesToSaveWrapper, PeftLayer
 from .config import AdapterConfig, GateConfig
@@ -38,12 +38,14 @@ class PeftModel(Module):
 
     def __init__(self, model: Module, config, gate: GateConfig | None = None):
         """Wrap ``model``'s targets in place (:func:`~minitspeft.peft.injection.inject_adapter_in_model`).
-        With ``config.inference_mode`` the adapter is built frozen, as in peft.
+        With ``config.inference_mode`` the adapter is built frozen, as in peft. The adapter's arrays are
+        made on the backend of ``model``'s parameters (as peft puts them on the base layer's device).
 
         Raises:
             TypeError, ValueError: as ``inject_adapter_in_model``; ``model`` is unchanged then.
         """
-        injection = inject_adapter_in_model(model, config, gate)
+        with backend.using(module_backend(model) if isinstance(model, Module) else None):
+            injection = inject_adapter_in_model(model, config, gate)
         self.base_model = model
         self.peft_config = config
         self.gate_config = gate
@@ -337,4 +339,5 @@ class PeftModel(Module):
                 listed), or values the model's dtype cannot hold (they would become
                 infinite). ``base_model`` is left unchanged when it is raised.
         """
-        return load_adapter(cls, base_model, directory, is_trainable)
+        with backend.using(module_backend(base_model) if isinstance(base_model, Module) else None):
+            return load_adapter(cls, base_model, directory, is_trainable)  # onto the base model's backend
