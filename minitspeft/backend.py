@@ -63,6 +63,16 @@ def set_backend(name: str) -> None:
         raise ValueError(f"set_backend: unknown backend {name!r}; expected one of {', '.join(map(repr, BACKENDS))}")
 
 
+def gpu_available() -> bool:
+    """Whether CuPy imports and sees at least one GPU (the role of ``torch.cuda.is_available``); never raises."""
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - not installed, no driver, no device: not available
+        return False
+
+
 def get_backend() -> str:
     """Return the name of the active backend, ``"numpy"``, ``"cupy"`` or ``"strict"``."""
     return _name

@@ -44,21 +44,12 @@ from hypothesis import settings
 import minitspeft as mt
 
 
-def _cupy_with_a_gpu() -> bool:
-    try:
-        import cupy  # noqa: PLC0415 - optional
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - not installed, no driver, no device: not available
-        return False
-
-
 def available_backends() -> list:
     """The backends this run tests on: ``MINITSPEFT_BACKEND`` alone if set, else numpy, strict (and cupy)."""
     chosen = os.environ.get("MINITSPEFT_BACKEND", "").strip()
     if chosen:
         return [chosen]
-    return ["numpy", "strict"] + (["cupy"] if _cupy_with_a_gpu() else [])
+    return ["numpy", "strict"] + (["cupy"] if mt.backend.gpu_available() else [])
 
 
 BACKENDS = available_backends()

@@ -91,13 +91,7 @@ def _flow(backend_name: str) -> dict:
 
 def _device_backends() -> list:
     """The strict stand-in, and CuPy where it imports and sees a GPU."""
-    try:
-        import cupy
-
-        gpu = cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - not installed, no driver, no device
-        gpu = False
-    return ["strict"] + (["cupy"] if gpu else [])
+    return ["strict"] + (["cupy"] if backend.gpu_available() else [])
 
 
 # The stand-in computes with NumPy, so it must agree to float32's last bits; a GPU sums in another order

@@ -50,9 +50,10 @@ def _device_name(value) -> str | None:
 _calls = 0  # modules being called now: only the outermost call checks the backend (one look per forward)
 
 
-def module_backend(module: "Module") -> str | None:
-    """The backend whose arrays the module's parameters are (its first parameter's; None without any)."""
-    first = next(module.parameters(), None)
+def module_backend(module) -> str | None:
+    """The backend whose arrays the module's parameters are (its first parameter's); None for a module
+    without parameters, or for something that is not a Module (its own checks then say what is wrong)."""
+    first = next(module.parameters(), None) if isinstance(module, Module) else None
     return None if first is None else backend.backend_of(first.data)
 
 

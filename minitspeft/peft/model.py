@@ -44,7 +44,7 @@ class PeftModel(Module):
         Raises:
             TypeError, ValueError: as ``inject_adapter_in_model``; ``model`` is unchanged then.
         """
-        with backend.using(module_backend(model) if isinstance(model, Module) else None):
+        with backend.using(module_backend(model)):
             injection = inject_adapter_in_model(model, config, gate)
         self.base_model = model
         self.peft_config = config
@@ -339,5 +339,5 @@ class PeftModel(Module):
                 listed), or values the model's dtype cannot hold (they would become
                 infinite). ``base_model`` is left unchanged when it is raised.
         """
-        with backend.using(module_backend(base_model) if isinstance(base_model, Module) else None):
+        with backend.using(module_backend(base_model)):
             return load_adapter(cls, base_model, directory, is_trainable)  # onto the base model's backend
